@@ -1,0 +1,1 @@
+"""INT8 calibration: data sources, activation capture per stage, scale algorithms (issue 4)."""

@@ -1,0 +1,115 @@
+"""Write a bundle: stage ONNX files plus ``manifest.json``, atomically."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+import torch
+
+from edgerestore.models import RestorationModel, create_model
+from edgerestore.runtime.atomic import atomic_directory
+from edgerestore.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_sha256
+from edgerestore.runtime.errors import EdgeRestoreError
+
+from .parity import Parity, check_stage
+from .to_onnx import OPSET, export_stage
+
+
+@dataclass
+class ExportReport:
+    bundle: Path
+    model: str
+    parity: list[Parity] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def package_version() -> str:
+    try:
+        return version("edgerestore")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def is_bundle(path: Path) -> bool:
+    return (path / MANIFEST).is_file()
+
+
+def export_bundle(name: str, output: str | Path, weights: str | Path | None = None,
+                  progress: Callable[[str], None] = lambda _: None) -> ExportReport:
+    """Build ``name`` (with ``weights``), export every stage, check parity, write the bundle."""
+    start = time.perf_counter()
+    progress("loading model")
+    model = create_model(name, weights=weights)
+    return write_bundle(model, name, Path(output), progress, start)
+
+
+def write_bundle(model: RestorationModel, name: str, output: Path,
+                 progress: Callable[[str], None] = lambda _: None, start: float | None = None) -> ExportReport:
+    start = time.perf_counter() if start is None else start
+    split = model.stage_plan()
+    report = ExportReport(bundle=output, model=name)
+    stages: dict[str, Any] = {}
+    with atomic_directory(output, replace_if=is_bundle) as tmp:
+        for stage in split.stages:
+            progress(f"exporting stage '{stage.name}'")
+            file = f"{stage.name}.onnx"
+            export_stage(stage, tmp / file)
+            parity = check_stage(stage, tmp / file)
+            report.parity.append(parity)
+            stages[stage.name] = {
+                "files": {"fp32": file},
+                "sha256": {"fp32": file_sha256(tmp / file)},
+                "inputs": [s.to_json() for s in stage.inputs],
+                "outputs": [s.to_json() for s in stage.outputs],
+                "macs_per_pixel": stage.macs_per_pixel,
+            }
+        manifest = build_manifest(model, name, stages, split.plan, split.initial, report.parity)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def build_manifest(model: RestorationModel, name: str, stages: dict[str, Any], plan: list[dict[str, Any]],
+                   initial: dict[str, Any], parity: list[Parity]) -> dict[str, Any]:
+    low, high = model.value_range
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": {"name": name, "arch": model.arch, "config": model.config()},
+        "io": {
+            "input": "image", "output": "image", "layout": "NCHW", "dtype": "float32",
+            "channels": model.channels, "range": [low, high],
+            "size_multiple": model.size_multiple, "scale": model.scale,
+        },
+        "receptive_field": model.receptive_field,
+        "tiling": model.default_tiling().to_json(),
+        "precisions": ["fp32"],
+        "stages": stages,
+        "plan": plan,
+        "initial": initial,
+        "provenance": {
+            **getattr(model, "provenance", {"weights": None}),
+            "edgerestore_version": package_version(),
+            "torch_version": torch.__version__,
+            "onnx_version": onnx.__version__,
+            "opset": OPSET,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "host": platform.platform(),
+            "parity": [p.to_json() for p in parity],
+        },
+    }
+
+
+def require_weights(name: str, weights: str | Path | None) -> None:
+    """Models without a shipped checkpoint cannot be exported untrained by accident."""
+    from edgerestore.models import get_entry
+
+    if weights is None and get_entry(name).default_weights is None:
+        raise EdgeRestoreError(f"model '{name}' has no shipped checkpoint: pass --weights PATH")

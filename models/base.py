@@ -1,0 +1,117 @@
+"""What every architecture declares so that export and the runtime never need its class.
+
+Like spandrel's model descriptors: a restoration model states its channels, value
+range, size multiple, receptive field and default tiling, and it knows how to cut
+itself into stage graphs plus a plan (the control flow between stages, as data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a stage graph. ``shape`` excludes the batch axis;
+    ``None`` marks a dynamic spatial axis."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    kind: str = "features"  # "image" | "features" | "state" | "logits"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "kind": self.kind}
+
+
+@dataclass
+class StageGraph:
+    """A piece of the network exported as one ONNX file."""
+
+    name: str
+    module: nn.Module
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    # MACs per output pixel (or per call for fixed-size stages); the runtime reports
+    # executed compute from these without knowing the architecture.
+    macs_per_pixel: float = 0.0
+
+
+@dataclass
+class StagePlan:
+    """The stages of a model and the plan that strings them together."""
+
+    stages: list[StageGraph]
+    plan: list[dict[str, Any]]
+    # Tensors the plan expects before its first step, besides "image".
+    initial: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Default tile geometry. ``halo`` is the receptive-field radius: the runtime gives
+    zero merge weight to output pixels that close to an inner tile edge."""
+
+    tile: int
+    overlap: int
+    halo: int
+    ramp: int = 5
+    fixed: bool = False  # the stages only accept this tile size (routers with FC layers)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tile": self.tile, "overlap": self.overlap, "halo": self.halo,
+                "ramp": self.ramp, "fixed": self.fixed}
+
+
+class RestorationModel(nn.Module):
+    """Base class of the architectures in the registry."""
+
+    arch: str = ""
+    value_range: tuple[float, float] = (0.0, 1.0)
+    size_multiple: int = 1
+    scale: int = 1
+
+    # Set by subclasses in __init__.
+    channels: int
+
+    @property
+    def receptive_field(self) -> int:
+        raise NotImplementedError
+
+    def default_tiling(self) -> Tiling:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this model."""
+        raise NotImplementedError
+
+    def stage_plan(self) -> StagePlan:
+        """Default: the whole network is one stage, image in, image out."""
+        c = self.channels
+        return StagePlan(
+            stages=[StageGraph("main", self, [TensorSpec("input", (c, None, None), "image")],
+                               [TensorSpec("output", (c, None, None), "image")],
+                               macs_per_pixel=self.macs_per_pixel())],
+            plan=[{"op": "run", "stage": "main", "in": {"input": "image"}, "out": {"output": "image"}}],
+        )
+
+    def macs_per_pixel(self) -> float:
+        """Multiply-accumulates per output pixel of the stride-1 convolutions."""
+        total = 0
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                total += m.in_channels // m.groups * m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+        return float(total)
+
+    @classmethod
+    def config_from_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Infer the architecture config from a foreign checkpoint's tensors."""
+        return {}
+
+    @classmethod
+    def adapt_state_dict(cls, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Map a foreign checkpoint layout onto this class's parameter names."""
+        return state_dict

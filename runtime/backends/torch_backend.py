@@ -1,0 +1,121 @@
+"""PyTorch reference backend: interprets the stage's ONNX graph with torch ops.
+
+It exists to check the other backends against PyTorch numerics without importing
+any model class (the runtime reads only bundles). The converter libraries that do
+this need torchvision, which has no CPU-only wheel, so the op set we export is
+interpreted here directly; an op outside it is a clear error, not a wrong result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+from ..errors import EdgeRestoreError
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _conv(x, w, b=None, *, pads=(0, 0, 0, 0), strides=(1, 1), dilations=(1, 1), group=1, **_):
+    top, left, bottom, right = pads
+    if (top, left) != (bottom, right):
+        x = F.pad(x, (left, right, top, bottom))
+        top = left = 0
+    return F.conv2d(x, w, b, stride=tuple(strides), padding=(top, left), dilation=tuple(dilations), groups=group)
+
+
+def _gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, **_):
+    a = a.T if transA else a
+    b = b.T if transB else b
+    y = alpha * (a @ b)
+    return y if c is None else y + beta * c
+
+
+def _flatten(x, *, axis=1, **_):
+    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+
+
+def _reshape(x, shape, **_):
+    shape = [x.shape[i] if int(s) == 0 else int(s) for i, s in enumerate(shape.tolist())]
+    return x.reshape(shape)
+
+
+def _split(x, split=None, *, axis=0, num_outputs=None, **kw):
+    sizes = split.tolist() if split is not None else kw.get("split")
+    if sizes is None:
+        return torch.chunk(x, num_outputs, dim=axis)
+    return torch.split(x, [int(s) for s in sizes], dim=axis)
+
+
+def _slice(x, starts, ends, axes=None, steps=None, **_):
+    index = [slice(None)] * x.dim()
+    axes = axes.tolist() if axes is not None else list(range(len(starts)))
+    steps = steps.tolist() if steps is not None else [1] * len(starts)
+    for s, e, a, st in zip(starts.tolist(), ends.tolist(), axes, steps):
+        index[a] = slice(int(s), int(min(e, 2**62)), int(st))
+    return x[tuple(index)]
+
+
+_OPS: dict[str, Callable[..., Any]] = {
+    "Conv": _conv,
+    "Relu": lambda x, **_: F.relu(x),
+    "LeakyRelu": lambda x, *, alpha=0.01, **_: F.leaky_relu(x, alpha),
+    "Sigmoid": lambda x, **_: torch.sigmoid(x),
+    "Tanh": lambda x, **_: torch.tanh(x),
+    "Add": lambda a, b, **_: a + b,
+    "Sub": lambda a, b, **_: a - b,
+    "Mul": lambda a, b, **_: a * b,
+    "Div": lambda a, b, **_: a / b,
+    "MatMul": lambda a, b, **_: a @ b,
+    "Gemm": _gemm,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Concat": lambda *xs, axis, **_: torch.cat(xs, dim=axis),
+    "Split": _split,
+    "Slice": _slice,
+    "Softmax": lambda x, *, axis=-1, **_: torch.softmax(x, dim=axis),
+    "Identity": lambda x, **_: x,
+    "Clip": lambda x, lo=None, hi=None, **_: torch.clamp(x, lo, hi),
+}
+
+
+class TorchStage:
+    def __init__(self, path: Path):
+        try:
+            self.graph = onnx.load(str(path)).graph
+        except Exception as err:
+            raise EdgeRestoreError(f"torch backend cannot read '{path}': {type(err).__name__}: {err}") from None
+        unknown = sorted({n.op_type for n in self.graph.node if n.op_type not in _OPS and n.op_type != "Constant"})
+        if unknown:
+            raise EdgeRestoreError(f"torch backend does not implement ONNX op(s) {', '.join(unknown)} in '{path}'; "
+                                   "use --backend onnxruntime or openvino")
+        self.weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in self.graph.initializer}
+        self.input_names = [i.name for i in self.graph.input if i.name not in self.weights]
+        self.output_names = [o.name for o in self.graph.output]
+
+    @torch.inference_mode()
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values: dict[str, Any] = dict(self.weights)
+        values.update({name: torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in self.input_names})
+        for node in self.graph.node:
+            attrs = _attrs(node)
+            if node.op_type == "Constant":
+                values[node.output[0]] = torch.from_numpy(numpy_helper.to_array(attrs["value"]).copy())
+                continue
+            args = [values[name] if name else None for name in node.input]
+            result = _OPS[node.op_type](*args, **attrs)
+            results = result if isinstance(result, (tuple, list)) else (result,)
+            values.update(zip(node.output, results))
+        return {name: values[name].numpy() for name in self.output_names}
+
+
+def load(path: Path) -> TorchStage:
+    return TorchStage(path)

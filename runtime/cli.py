@@ -1,0 +1,72 @@
+"""The ``edgerestore`` command. Subcommands load lazily, so ``restore`` on a device
+imports neither torch nor the model code, and a user error is one line, not a traceback."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from .errors import EdgeRestoreError
+
+# name -> ("module:attribute", one-line help); each subcommand lives with the package
+# it drives, and `--help` lists them without importing any.
+COMMANDS = {
+    "models": ("edgerestore.models.cli:models_command", "List the exportable architectures."),
+    "export": ("edgerestore.export.cli:export_command", "Export a model checkpoint to a bundle."),
+    "restore": ("edgerestore.runtime.commands:restore_command", "Restore images with a bundle."),
+    "eval": ("edgerestore.runtime.commands:eval_command", "Score a bundle on a dataset (PSNR/SSIM)."),
+    "demo": ("edgerestore.runtime.demo:demo_command", "Before/after demo on the CPU."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def format_commands(self, ctx, formatter):
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, (_, short) in COMMANDS.items()])
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgeRestoreError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="edgerestore")
+def cli():
+    """Export, quantize and run image-restoration networks on edge devices.
+
+    \b
+    Typical flow:
+      edgerestore models                               # what can be exported
+      edgerestore export dncnn --weights W.pth -o B    # checkpoint -> bundle
+      edgerestore restore B noisy.png -o clean.png     # run it (CPU: OpenVINO / ONNX Runtime)
+      edgerestore eval B --data DIR --degrade gaussian:25 --json
+    """
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="edgerestore", standalone_mode=True)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Reading and writing images for restoration, without silently losing data.
+
+OpenCV decodes and encodes PNG, JPEG and BMP. The extra checks exist because a
+restoration run must never quietly work on a damaged or misread input:
+
+* Truncated files must fail. OpenCV 5 refuses them, but OpenCV 4's libjpeg
+  only warns and returns a grey-filled image, so JPEGs are also verified with
+  Pillow.
+* OpenCV's TIFF reader premultiplies unassociated alpha, drops the alpha of
+  gray+alpha (and reduces it to 8 bits), misreads 16-bit planar and
+  min-is-white files, and refuses tiled 8-bit ones. TIFFs are therefore read
+  and written with tifffile, which returns the stored samples exactly; OpenCV
+  is only the fallback for what tifffile leaves raw (palette, YCbCr,
+  min-is-white, 1-bit) and for gray or RGB compressed in a way tifffile cannot
+  decode without the optional imagecodecs package (LZW, JPEG); alpha or planar
+  files compressed that way are refused rather than misread.
+* OpenCV expands a gray+alpha PNG to four channels; it comes back as gray + alpha.
+* Anything that is not 8- or 16-bit gray, RGB or RGBA (float, signed, CMYK,
+  extra channels) is rejected rather than converted.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+from PIL import Image as PILImage
+
+from edgerestore.runtime.atomic import atomic_file
+from edgerestore.runtime.errors import EdgeRestoreError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"\xff\xd8\xff": "jpeg",
+    b"II*\x00": "tiff",
+    b"MM\x00*": "tiff",
+    b"II+\x00": "tiff",  # BigTIFF
+    b"MM\x00+": "tiff",
+    b"BM": "bmp",
+}
+_PNG_COLOUR_TYPE_OFFSET = 25  # 8-byte signature, then IHDR length, type, width, height, bit depth
+_PNG_GRAY_ALPHA = 4
+_TIFF_EXACT = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
+_TIFF_ALPHA = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
+_NEED = "need 8- or 16-bit gray, RGB or RGBA"
+_MAX_VALUE = {8: 255, 16: 65535}
+_DTYPE = {8: np.uint8, 16: np.uint16}
+
+
+@dataclass(frozen=True)
+class Image:
+    """A decoded image: ``pixels`` is HxWxC (C = 1 or 3, RGB order) in its file's dtype."""
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None
+    bit_depth: int
+
+
+def read_image(path: str | os.PathLike[str]) -> Image:
+    """Decode a PNG, JPEG, TIFF or BMP file; raise EdgeRestoreError if it is unusable."""
+    path = Path(path)
+    data = _read_bytes(path)
+    kind = next((k for magic, k in _MAGIC.items() if data.startswith(magic)), None)
+    if kind is None:
+        raise EdgeRestoreError(f"cannot read '{path}': not a PNG, JPEG, TIFF or BMP file")
+    gray_alpha = False
+    if kind == "tiff":
+        array = _decode_tiff(data, path)
+    else:
+        if kind == "jpeg":
+            _verify_jpeg(data, path)
+        array = _decode_opencv(data, path)
+        gray_alpha = kind == "png" and data[_PNG_COLOUR_TYPE_OFFSET] == _PNG_GRAY_ALPHA
+    pixels, alpha = _split_channels(array, gray_alpha, path)
+    return Image(pixels=pixels, alpha=alpha, bit_depth=8 if pixels.dtype == np.uint8 else 16)
+
+
+def to_float(image: Image) -> np.ndarray:
+    """Pixels as float32 HxWxC in [0, 1], the range the models work in."""
+    return image.pixels.astype(np.float32) / np.float32(_MAX_VALUE[image.bit_depth])
+
+
+def from_float(array: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Back to integers: clip to [0, 1] and round to nearest (truncating would darken by half a step)."""
+    scaled = np.clip(array, 0.0, 1.0) * _MAX_VALUE[bit_depth]
+    return np.rint(scaled).astype(_DTYPE[bit_depth])
+
+
+def write_image(path: str | os.PathLike[str], pixels: np.ndarray, alpha: np.ndarray | None = None) -> None:
+    """Write atomically, so a crash or a full disk never leaves a half-written output.
+
+    The format follows the extension. PNG and TIFF keep 16 bits; JPEG and BMP are
+    8-bit only, so 16-bit data is rounded to 8 bits for them. JPEG has no alpha
+    channel, so ``alpha`` is dropped there. PNG and BMP have no gray+alpha mode
+    in OpenCV, so gray with alpha is written as RGBA.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in IMAGE_EXTENSIONS:
+        raise EdgeRestoreError(
+            f"cannot write '{path}': unknown extension '{path.suffix}' (use {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    if not path.parent.is_dir():
+        raise EdgeRestoreError(f"cannot write '{path}': directory '{path.parent}' does not exist")
+    pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
+    if pixels.dtype not in (np.uint8, np.uint16) or pixels.shape[2] not in (1, 3):
+        raise ValueError(f"write_image needs uint8/uint16 HxWx1 or HxWx3 pixels, got {pixels.dtype} {pixels.shape}")
+    if alpha is not None and (alpha.dtype != pixels.dtype or alpha.shape != pixels.shape[:2]):
+        raise ValueError(f"alpha must be {pixels.dtype} {pixels.shape[:2]}, got {alpha.dtype} {alpha.shape}")
+    data = _encode_tiff(pixels, alpha) if ext in (".tif", ".tiff") else _encode_opencv(pixels, alpha, ext, path)
+    try:
+        with atomic_file(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        raise EdgeRestoreError(f"cannot write '{path}': {exc.strerror or exc}") from None
+
+
+def list_images(directory: str | os.PathLike[str]) -> list[Path]:
+    """Image files directly in ``directory``, sorted by name.
+
+    Hidden files are skipped: they include our own in-progress temporary
+    outputs and macOS ``._name`` resource forks, which carry image extensions.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise EdgeRestoreError(f"image directory '{directory}' does not exist or is not a directory")
+    found = sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
+    if not found:
+        raise EdgeRestoreError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in '{directory}'")
+    return found
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise EdgeRestoreError(f"cannot read '{path}': file does not exist") from None
+    except OSError as exc:
+        raise EdgeRestoreError(f"cannot read '{path}': {exc.strerror or exc}") from None
+    if not data:
+        raise EdgeRestoreError(f"cannot read '{path}': file is empty")
+    return data
+
+
+@contextmanager
+def _opencv_silenced() -> Iterator[None]:
+    """Keep OpenCV's multi-line decoder warnings off stderr; our error says it in one line."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
+def _decode_opencv(data: bytes, path: Path) -> np.ndarray:
+    """Decode with OpenCV and return gray, RGB or RGBA channel order."""
+    with _opencv_silenced():
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise EdgeRestoreError(f"cannot decode '{path}': file is truncated or corrupt")
+    if array.ndim == 3 and array.shape[2] == 3:
+        return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    if array.ndim == 3 and array.shape[2] == 4:
+        return cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
+    return array
+
+
+def _verify_jpeg(data: bytes, path: Path) -> None:
+    """Fail on truncated JPEGs, which OpenCV 4 decodes into a grey-filled image.
+
+    Pillow raises on a premature end of data; the 1/8-scale draft decode still
+    reads every coefficient, so the check costs about one fast decode.
+    """
+    try:
+        with PILImage.open(io.BytesIO(data)) as pil:
+            pil.draft(pil.mode, (max(1, pil.width // 8), max(1, pil.height // 8)))
+            pil.load()
+    except (OSError, ValueError) as exc:
+        raise EdgeRestoreError(f"cannot decode '{path}': file is truncated or corrupt ({exc})") from None
+
+
+def _decode_tiff(data: bytes, path: Path) -> np.ndarray:
+    """Read the first page as gray, gray+alpha, RGB or RGBA samples (see the module docstring)."""
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages.first
+            photometric, samples, extra = page.photometric, page.samplesperpixel, page.extrasamples
+            exact = (
+                photometric in _TIFF_EXACT
+                and page.bitspersample in (8, 16)
+                and page.compression in tifffile.TIFF.DECOMPRESSORS
+            )
+            if photometric == tifffile.PHOTOMETRIC.SEPARATED:
+                raise EdgeRestoreError(f"unsupported image mode {page.dtype} x{samples} CMYK in '{path}' ({_NEED})")
+            if samples == 2 and (not extra or extra[0] not in _TIFF_ALPHA):
+                raise EdgeRestoreError(f"unsupported image mode {page.dtype} x2 without alpha in '{path}' ({_NEED})")
+            if samples > 4:
+                raise EdgeRestoreError(f"unsupported image mode {page.dtype} x{samples} in '{path}' ({_NEED})")
+            planar = page.axes.startswith("S")
+            if not exact and photometric in _TIFF_EXACT and (samples in (2, 4) or planar):
+                compression = getattr(page.compression, "name", page.compression)
+                raise EdgeRestoreError(
+                    f"cannot decode '{path}': {compression} {samples}-sample TIFF needs the imagecodecs"
+                    " package (OpenCV would lose alpha or misread it)"
+                )
+            array = page.asarray() if exact else None
+    except EdgeRestoreError:
+        raise
+    except Exception as exc:  # tifffile raises many exception types on corrupt or truncated data
+        raise EdgeRestoreError(f"cannot decode '{path}': file is truncated or corrupt ({_first_line(exc)})") from None
+    if array is None:
+        return _decode_opencv(data, path)
+    return np.moveaxis(array, 0, -1) if planar else array
+
+
+def _split_channels(array: np.ndarray, gray_alpha: bool, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Split a gray, gray+alpha, RGB or RGBA array into HxWxC pixels and an optional alpha plane."""
+    channels = 1 if array.ndim == 2 else array.shape[-1]
+    if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3) or channels > 4:
+        raise EdgeRestoreError(f"unsupported image mode {array.dtype} x{channels} in '{path}' ({_NEED})")
+    if channels == 1:
+        return array.reshape(array.shape[0], array.shape[1], 1), None
+    if channels == 2:
+        return array[..., :1].copy(), array[..., 1].copy()
+    if channels == 3:
+        return array, None
+    if gray_alpha:  # OpenCV expanded gray+alpha to RGBA with R = G = B
+        return array[..., :1].copy(), array[..., 3].copy()
+    return array[..., :3].copy(), array[..., 3].copy()
+
+
+def _encode_tiff(pixels: np.ndarray, alpha: np.ndarray | None) -> bytes:
+    """Deflate-compressed TIFF with the alpha marked as unassociated, as tifffile stores it."""
+    gray = pixels.shape[2] == 1
+    if alpha is not None:
+        array = np.dstack([pixels, alpha])
+    else:
+        array = pixels[..., 0] if gray else pixels
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        array,
+        photometric="minisblack" if gray else "rgb",
+        planarconfig="contig",
+        extrasamples=None if alpha is None else [tifffile.EXTRASAMPLE.UNASSALPHA],
+        compression="zlib",
+        metadata=None,
+    )
+    return buffer.getvalue()
+
+
+def _encode_opencv(pixels: np.ndarray, alpha: np.ndarray | None, ext: str, path: Path) -> bytes:
+    if ext in (".jpg", ".jpeg"):
+        alpha = None
+    if alpha is None:
+        array = pixels[..., 0] if pixels.shape[2] == 1 else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    else:
+        rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+        array = cv2.cvtColor(np.dstack([rgb, alpha]), cv2.COLOR_RGBA2BGRA)
+    if array.dtype == np.uint16 and ext in (".jpg", ".jpeg", ".bmp"):
+        array = np.rint(array / 257.0).astype(np.uint8)
+    ok, buffer = cv2.imencode(ext, array)
+    if not ok:
+        raise EdgeRestoreError(f"cannot write '{path}': the {ext} encoder failed")
+    return buffer.tobytes()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,122 @@
+"""Frames in, frames out: tiling (or whole-image padding) around the plan executor."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bundle import Bundle
+from .errors import EdgeRestoreError
+from .executor import Executor
+from .tiling import TileGrid, extract, merge
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    tile: int
+    overlap: int
+    halo: int
+    ramp: int
+    fixed: bool
+    explicit: bool  # chosen by the user: never shrunk to fit a small image
+
+
+class Restorer:
+    """Restore float HxWxC images (values in the bundle's range) with one bundle.
+
+    ``tile``/``overlap`` override the bundle's defaults; ``whole=True`` runs the full
+    image at once (padded to the size multiple) where the model allows it.
+    """
+
+    def __init__(self, bundle: Bundle | str, backend: str = "auto", precision: str | None = None,
+                 tile: int | None = None, overlap: int | None = None, whole: bool = False, batch_size: int = 8):
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+        self.executor = Executor(self.bundle, backend, precision)
+        self.executor.load_all()
+        defaults = self.bundle.tiling
+        if whole and defaults.get("fixed"):
+            raise EdgeRestoreError(f"model '{self.bundle.name}' runs on fixed {defaults['tile']}x{defaults['tile']} "
+                                   "tiles; --whole is not available for it")
+        if tile is not None and defaults.get("fixed") and tile != defaults["tile"]:
+            raise EdgeRestoreError(f"model '{self.bundle.name}' only runs on {defaults['tile']}x{defaults['tile']} tiles")
+        tile_size = tile if tile is not None else int(defaults["tile"])
+        if overlap is None:
+            overlap = int(defaults["overlap"])
+            if tile is not None and overlap >= tile:
+                raise EdgeRestoreError(f"--tile {tile} is not larger than the default overlap {overlap} of "
+                                       f"'{self.bundle.name}'; pass a smaller --overlap too")
+        multiple = int(self.bundle.io.get("size_multiple", 1))
+        if tile_size % multiple:
+            raise EdgeRestoreError(f"--tile {tile_size} must be a multiple of {multiple} for '{self.bundle.name}'")
+        self.whole = whole
+        self.tiles = TileSettings(tile_size, overlap, int(defaults.get("halo", 0)), int(defaults.get("ramp", 5)),
+                                  bool(defaults.get("fixed")), tile is not None)
+        self.batch_size = max(1, batch_size)
+        self.seconds = 0.0  # time spent restoring, accumulated across calls
+
+    @property
+    def backend(self) -> str:
+        return self.executor.backend
+
+    @property
+    def precision(self) -> str:
+        return self.executor.precision
+
+    def restore(self, image: np.ndarray) -> np.ndarray:
+        """HxWxC float image (C = 1 or 3) -> restored HxWxC float32 image, unclipped."""
+        start = time.perf_counter()
+        planes = self._to_model_channels(np.asarray(image, np.float32))
+        out = self._restore_whole(planes) if self.whole else self._restore_tiled(planes)
+        result = self._from_model_channels(out, image.shape[2])
+        self.seconds += time.perf_counter() - start
+        return result
+
+    def _to_model_channels(self, image: np.ndarray) -> np.ndarray:
+        """-> (B, H, W, C_model): a gray model restores each color plane as its own image."""
+        c, wanted = image.shape[2], self.bundle.channels
+        if c == wanted:
+            return image[None]
+        if wanted == 1:
+            return image.transpose(2, 0, 1)[..., None]
+        if c == 1:
+            return np.repeat(image, wanted, axis=2)[None]
+        raise EdgeRestoreError(f"model '{self.bundle.name}' takes {wanted}-channel images, got {c} channels")
+
+    def _from_model_channels(self, planes: np.ndarray, channels: int) -> np.ndarray:
+        """Inverse of :meth:`_to_model_channels`."""
+        if len(planes) > 1:  # color planes restored one by one by a gray model
+            return planes[..., 0].transpose(1, 2, 0)
+        if planes.shape[-1] != channels:  # gray image through a color model
+            return planes[0].mean(axis=2, keepdims=True)
+        return planes[0]
+
+    def _restore_whole(self, planes: np.ndarray) -> np.ndarray:
+        b, h, w, c = planes.shape
+        m = int(self.bundle.io.get("size_multiple", 1))
+        ph, pw = -h % m, -w % m
+        x = np.pad(planes, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else planes
+        y = self._run(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        return y.transpose(0, 2, 3, 1)[:, :h, :w]
+
+    def _restore_tiled(self, planes: np.ndarray) -> np.ndarray:
+        b, h, w, c = planes.shape
+        t = self.tiles
+        tile = t.tile
+        if not t.fixed and not t.explicit:
+            tile = min(tile, h, w)  # a default tile never refuses a small image
+        overlap = min(t.overlap, tile - 1)  # only binds when the default tile shrank
+        grid = TileGrid(h, w, tile, overlap, t.halo, t.ramp)
+        tiles = np.concatenate([extract(plane, grid) for plane in planes])
+        out = self._run(tiles)
+        n = len(grid)
+        return np.stack([merge(out[i * n:(i + 1) * n], grid) for i in range(b)])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        io = self.bundle.io
+        outputs = []
+        for start in range(0, len(batch), self.batch_size):
+            env = self.executor.run({io["input"]: batch[start:start + self.batch_size]})
+            outputs.append(env[io["output"]])
+        return np.concatenate(outputs)

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from edgerestore.runtime.errors import EdgeRestoreError
+from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.tiling import TileGrid, axis_origins, extract, merge
+
+
+def test_origins_follow_path_restore():
+    # range(0, H-63, 53) + [H-63]
+    assert axis_origins(200, 63, 53) == [0, 53, 106, 137]
+    assert axis_origins(63, 63, 53) == [0]
+    assert axis_origins(116, 63, 53) == [0, 53]
+
+
+def test_path_restore_mask_inside_and_on_the_border():
+    grid = TileGrid(300, 300, 63, 10, halo=0, ramp=5)
+    inner = grid.axis_weights(53, 300)
+    ramp = [(k + 1) / 6 for k in range(5)]
+    np.testing.assert_allclose(inner[:5], ramp)
+    np.testing.assert_allclose(inner[-5:], ramp[::-1])
+    assert np.all(inner[5:-5] == 1)
+    first = grid.axis_weights(0, 300)  # low edge on the image border: not attenuated
+    assert np.all(first[:5] == 1) and np.allclose(first[-5:], ramp[::-1])
+    last = grid.axis_weights(300 - 63, 300)
+    assert np.all(last[-5:] == 1)
+
+
+def test_halo_margin_gets_zero_weight():
+    grid = TileGrid(400, 400, 128, 44, halo=17, ramp=5)
+    w = grid.axis_weights(84, 400)
+    assert grid.margin == 17
+    assert np.all(w[:17] == 0) and np.isclose(w[17], 1 / 6) and w[22] == 1
+
+
+@pytest.mark.parametrize("h,w,c,tile,overlap,halo", [
+    (63, 63, 3, 63, 10, 0), (200, 131, 1, 63, 10, 0), (257, 300, 3, 64, 20, 5), (100, 100, 1, 37, 0, 0),
+])
+def test_extract_merge_is_identity(h, w, c, tile, overlap, halo):
+    image = np.random.default_rng(0).random((h, w, c), dtype=np.float32)
+    grid = TileGrid(h, w, tile, overlap, halo)
+    tiles = extract(image, grid)
+    assert tiles.shape == (len(grid), c, tile, tile)
+    np.testing.assert_allclose(merge(tiles, grid), image, atol=1e-6)
+
+
+def test_small_image_and_bad_geometry_are_clear_errors():
+    with pytest.raises(EdgeRestoreError, match="smaller than the 63x63 tile"):
+        TileGrid(50, 80, 63, 10)
+    with pytest.raises(EdgeRestoreError, match="overlap"):
+        TileGrid(100, 100, 32, 32)
+
+
+def test_tiled_equals_whole_for_a_network_within_its_halo(small_bundle):
+    image = np.random.default_rng(1).random((150, 170, 1), dtype=np.float32)
+    whole = Restorer(small_bundle, backend="onnxruntime", whole=True).restore(image)
+    tiled = Restorer(small_bundle, backend="onnxruntime", tile=48, overlap=20).restore(image)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_gray_model_restores_color_planes_separately(small_bundle):
+    rgb = np.random.default_rng(2).random((64, 64, 3), dtype=np.float32)
+    restorer = Restorer(small_bundle, backend="onnxruntime", whole=True)
+    out = restorer.restore(rgb)
+    assert out.shape == rgb.shape
+    np.testing.assert_allclose(out[..., 1:2], restorer.restore(rgb[..., 1:2]), atol=1e-6)
