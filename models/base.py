@@ -35,9 +35,10 @@ class StageGraph:
     module: nn.Module
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    # MACs per output pixel (or per call for fixed-size stages); the runtime reports
-    # executed compute from these without knowing the architecture.
+    # MACs per output pixel (dynamic-size stages) and per item (fixed-size stages); the
+    # runtime reports executed compute from these without knowing the architecture.
     macs_per_pixel: float = 0.0
+    macs_per_call: float = 0.0
 
 
 @dataclass

@@ -28,6 +28,7 @@ class StageInfo:
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     macs_per_pixel: float
+    macs_per_call: float
 
 
 class Bundle:
@@ -123,7 +124,8 @@ def _stage_info(root: Path, name: str, spec: dict[str, Any]) -> StageInfo:
     for precision, rel in files.items():
         _check_inside(root, name, rel)
     return StageInfo(name, dict(files), dict(spec.get("sha256", {})), spec.get("inputs", []),
-                     spec.get("outputs", []), float(spec.get("macs_per_pixel", 0.0)))
+                     spec.get("outputs", []), float(spec.get("macs_per_pixel", 0.0)),
+                     float(spec.get("macs_per_call", 0.0)))
 
 
 def _check_inside(root: Path, stage: str, rel: str) -> None:

@@ -17,6 +17,7 @@ COMMANDS = {
     "export": ("edgerestore.export.cli:export_command", "Export a model checkpoint to a bundle."),
     "restore": ("edgerestore.runtime.commands:restore_command", "Restore images with a bundle."),
     "eval": ("edgerestore.runtime.commands:eval_command", "Score a bundle on a dataset (PSNR/SSIM)."),
+    "train": ("edgerestore.models.train.cli:train_command", "Train a model's checkpoint (CPU)."),
     "demo": ("edgerestore.runtime.demo:demo_command", "Before/after demo on the CPU."),
 }
 

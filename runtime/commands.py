@@ -25,18 +25,21 @@ def runtime_options(command):
                      "derived from the receptive field)."),
         click.option("--overlap", type=click.IntRange(0), default=None, help="Tile overlap in pixels."),
         click.option("--whole", is_flag=True, help="Run each image whole instead of tiled."),
-        click.option("--batch", "batch_size", type=click.IntRange(1), default=8, show_default=True,
+        click.option("--batch", "batch_size", type=click.IntRange(1), default=16, show_default=True,
                      help="Tiles per backend call."),
+        click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                     help="Routed models: take a cheap branch (bypass) only where the router gives it at least "
+                          "this probability. 0.5 = argmax (the paper); 1.0 = full network everywhere."),
     ]):
         command = option(command)
     return command
 
 
-def make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size) -> Restorer:
+def make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence) -> Restorer:
     if whole and (tile is not None or overlap is not None):
         raise EdgeRestoreError("--whole cannot be combined with --tile/--overlap")
     return Restorer(bundle, backend=backend, precision=precision, tile=tile, overlap=overlap, whole=whole,
-                    batch_size=batch_size)
+                    batch_size=batch_size, min_confidence=min_confidence)
 
 
 def output_paths(inputs: list[Path], output: Path) -> list[Path]:
@@ -59,8 +62,11 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Output image (one input) or directory (several inputs, or a directory input).")
 @runtime_options
+@click.option("--route-map", type=click.Path(path_type=Path), default=None,
+              help="Also write a picture of each tile's executed share of the network (one input only).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def restore_command(bundle, inputs, output, backend, precision, tile, overlap, whole, batch_size, as_json):
+def restore_command(bundle, inputs, output, backend, precision, tile, overlap, whole, batch_size, min_confidence,
+                    route_map, as_json):
     """Restore images with BUNDLE. INPUTS are image files or directories of images.
 
     Outputs keep the input's bit depth (8/16) and alpha channel; each file is written
@@ -70,25 +76,40 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
     for path in inputs:
         files.extend(imageio.list_images(path) if path.is_dir() else [path])
     targets = output_paths(files, output)
-    restorer = make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size)
+    if route_map is not None and (len(files) != 1 or whole):
+        raise EdgeRestoreError("--route-map needs exactly one input image and tiled mode")
+    restorer = make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence)
     if len(targets) > 1 or targets[0].parent == output:
         output.mkdir(parents=True, exist_ok=True)
     from rich.progress import Progress
 
+    executed = full = 0.0
     with Progress(transient=True, disable=len(files) < 2) as bar:
         task = bar.add_task("restoring", total=len(files))
         for source, target in zip(files, targets):
             image = imageio.read_image(source)
             restored = restorer.restore(imageio.to_float(image))
             imageio.write_image(target, imageio.from_float(restored, image.bit_depth), image.alpha)
+            executed += restorer.route.macs.sum()
+            full += restorer.route.full_macs * len(restorer.route.macs)
             bar.advance(task)
+    if route_map is not None:
+        from .routemap import route_map as render
+
+        imageio.write_image(route_map, render(image.pixels if image.bit_depth == 8 else
+                                              imageio.from_float(imageio.to_float(image), 8), restorer.route))
     summary = {"images": len(files), "output": str(output), "backend": restorer.backend,
-               "precision": restorer.precision, "seconds": restorer.seconds}
+               "precision": restorer.precision, "seconds": restorer.seconds,
+               "gmac_per_image": executed / len(files) / 1e9, "full_path_gmac_per_image": full / len(files) / 1e9,
+               "bypass_share": restorer.route.cheap_share(restorer.bundle.plan)}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
-    else:
-        click.echo(f"restored {len(files)} image(s) -> {output} ({restorer.backend}, {restorer.precision}, "
-                   f"{restorer.seconds:.2f} s)")
+        return
+    click.echo(f"restored {len(files)} image(s) -> {output} ({restorer.backend}, {restorer.precision}, "
+               f"{restorer.seconds:.2f} s)")
+    if full and executed < full:
+        click.echo(f"executed {summary['gmac_per_image']:.2f} GMAC per image, "
+                   f"{executed / full:.0%} of the full path ({summary['full_path_gmac_per_image']:.2f} GMAC)")
 
 
 @click.command("eval")
@@ -103,7 +124,8 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
 @click.option("--border", type=click.IntRange(0), default=0, show_default=True, help="Pixels cropped before scoring.")
 @click.option("--y-channel", is_flag=True, help="Score the BT.601 Y channel (super-resolution protocol).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def eval_command(bundle, data, spec, gt, backend, precision, tile, overlap, whole, batch_size, border, y_channel, as_json):
+def eval_command(bundle, data, spec, gt, backend, precision, tile, overlap, whole, batch_size, min_confidence,
+                 border, y_channel, as_json):
     """Score BUNDLE on a dataset: PSNR/SSIM as BasicSR computes them (uint8, rounded).
 
     JSON keys: psnr, ssim, input_psnr, images, backend, precision, seconds (restoration
@@ -116,7 +138,7 @@ def eval_command(bundle, data, spec, gt, backend, precision, tile, overlap, whol
 
     if spec is not None:
         parse(spec)  # a bad spec fails before the bundle loads
-    restorer = make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size)
+    restorer = make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence)
     with Progress(transient=True, disable=as_json) as bar:
         task = bar.add_task("evaluating", total=None)
         result = evaluate(restorer, data, spec, gt, border, y_channel,
@@ -126,6 +148,8 @@ def eval_command(bundle, data, spec, gt, backend, precision, tile, overlap, whol
         "psnr": result.psnr, "ssim": result.ssim, "input_psnr": result.input_psnr, "images": len(result.images),
         "backend": restorer.backend, "precision": restorer.precision, "seconds": result.seconds,
         "mode": "whole" if whole else f"tiled {restorer.tiles.tile}/{restorer.tiles.overlap}",
+        "min_confidence": min_confidence, "gmac_per_image": result.gmac, "full_path_gmac_per_image": result.full_gmac,
+        "bypass_share": result.bypass_share,
         "per_image": [vars(s) for s in result.images],
     }
     if as_json:
@@ -134,6 +158,9 @@ def eval_command(bundle, data, spec, gt, backend, precision, tile, overlap, whol
     click.echo(f"{len(result.images)} images, {report['mode']}, {restorer.backend} {restorer.precision}: "
                f"PSNR {result.psnr:.2f} dB (input {_db(result.input_psnr)}), SSIM {result.ssim:.4f}, "
                f"{result.seconds:.2f} s")
+    if result.bypass_share is not None:
+        click.echo(f"routing: {result.bypass_share:.1%} of blocks bypassed, {result.gmac:.2f} of "
+                   f"{result.full_gmac:.2f} GMAC per image ({result.gmac / result.full_gmac:.0%})")
 
 
 def _db(value: float | None) -> str:

@@ -26,6 +26,9 @@ class ImageScore:
 class EvalResult:
     images: list[ImageScore] = field(default_factory=list)
     seconds: float = 0.0
+    gmac: float = 0.0  # executed per image, mean
+    full_gmac: float = 0.0  # the full (all-complex) path per image, mean
+    bypass_share: float | None = None  # routed models: share of decisions that took the cheap branch
 
     @property
     def psnr(self) -> float:
@@ -68,9 +71,14 @@ def evaluate(restorer: Restorer, data: str | Path, spec: str | None = None, gt: 
              progress: Callable[[str], None] = lambda _: None) -> EvalResult:
     result = EvalResult()
     start = restorer.seconds
+    executed, full, cheap = [], [], []
     for name, degraded, truth in pairs(Path(data), spec, Path(gt) if gt is not None else None):
         progress(name)
         restored = imageio.from_float(restorer.restore(degraded), 8)
+        route = restorer.route
+        executed.append(route.macs.sum() / 1e9)
+        full.append(route.full_macs * len(route.macs) / 1e9)
+        cheap.append(route.cheap_share(restorer.bundle.plan))
         if restored.shape != truth.shape:
             raise EdgeRestoreError(f"'{name}': output {restored.shape} does not match ground truth {truth.shape}")
         noisy = imageio.from_float(degraded, 8) if degraded.shape == truth.shape else None
@@ -78,4 +86,6 @@ def evaluate(restorer: Restorer, data: str | Path, spec: str | None = None, gt: 
             name, metrics.psnr(restored, truth, border, y_channel), metrics.ssim(restored, truth, border, y_channel),
             metrics.psnr(noisy, truth, border, y_channel) if noisy is not None else None))
     result.seconds = restorer.seconds - start
+    result.gmac, result.full_gmac = float(np.mean(executed)), float(np.mean(full))
+    result.bypass_share = float(np.mean(cheap)) if cheap and cheap[0] is not None else None
     return result

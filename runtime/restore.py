@@ -9,8 +9,31 @@ import numpy as np
 
 from .bundle import Bundle
 from .errors import EdgeRestoreError
-from .executor import Executor
+from .executor import Executor, RoutePolicy, switches
 from .tiling import TileGrid, extract, merge
+
+
+@dataclass
+class RouteRecord:
+    """What the last restore executed: per row (tile, or image in whole mode) the
+    branch taken at each switch, and executed vs full-path MACs."""
+
+    grid: TileGrid | None
+    decisions: dict[str, np.ndarray]
+    macs: np.ndarray
+    full_macs: float  # per row, every switch on its most expensive branch
+
+    @property
+    def mac_ratio(self) -> float:
+        """Executed compute as a share of the full (all-complex) path."""
+        return float(self.macs.sum() / (self.full_macs * len(self.macs))) if self.full_macs else 1.0
+
+    def cheap_share(self, plan: list[dict]) -> float | None:
+        """Share of (row, switch) decisions that took the switch's cheap branch (bypass)."""
+        steps = switches(plan)
+        taken = [(choice[choice >= 0] == steps[name]["cheap"]) for name, choice in self.decisions.items()
+                 if steps.get(name, {}).get("cheap") is not None]
+        return float(np.concatenate(taken).mean()) if taken else None
 
 
 @dataclass(frozen=True)
@@ -31,9 +54,10 @@ class Restorer:
     """
 
     def __init__(self, bundle: Bundle | str, backend: str = "auto", precision: str | None = None,
-                 tile: int | None = None, overlap: int | None = None, whole: bool = False, batch_size: int = 8):
+                 tile: int | None = None, overlap: int | None = None, whole: bool = False, batch_size: int = 16,
+                 min_confidence: float = 0.5):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
-        self.executor = Executor(self.bundle, backend, precision)
+        self.executor = Executor(self.bundle, backend, precision, RoutePolicy(min_confidence))
         self.executor.load_all()
         defaults = self.bundle.tiling
         if whole and defaults.get("fixed"):
@@ -55,6 +79,8 @@ class Restorer:
                                   bool(defaults.get("fixed")), tile is not None)
         self.batch_size = max(1, batch_size)
         self.seconds = 0.0  # time spent restoring, accumulated across calls
+        self.route: RouteRecord | None = None  # of the last call
+        self._grid: TileGrid | None = None
 
     @property
     def backend(self) -> str:
@@ -97,6 +123,7 @@ class Restorer:
         m = int(self.bundle.io.get("size_multiple", 1))
         ph, pw = -h % m, -w % m
         x = np.pad(planes, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else planes
+        self._grid = None
         y = self._run(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
         return y.transpose(0, 2, 3, 1)[:, :h, :w]
 
@@ -108,6 +135,7 @@ class Restorer:
             tile = min(tile, h, w)  # a default tile never refuses a small image
         overlap = min(t.overlap, tile - 1)  # only binds when the default tile shrank
         grid = TileGrid(h, w, tile, overlap, t.halo, t.ramp)
+        self._grid = grid
         tiles = np.concatenate([extract(plane, grid) for plane in planes])
         out = self._run(tiles)
         n = len(grid)
@@ -115,8 +143,14 @@ class Restorer:
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         io = self.bundle.io
-        outputs = []
+        outputs, macs, decisions = [], [], {}
         for start in range(0, len(batch), self.batch_size):
             env = self.executor.run({io["input"]: batch[start:start + self.batch_size]})
             outputs.append(env[io["output"]])
+            trace = self.executor.trace
+            macs.append(trace.macs)
+            for name, choice in trace.decisions.items():
+                decisions.setdefault(name, []).append(choice)
+        self.route = RouteRecord(self._grid, {k: np.concatenate(v) for k, v in decisions.items()},
+                                 np.concatenate(macs), self.executor.full_path_macs(batch.shape[1:]))
         return np.concatenate(outputs)

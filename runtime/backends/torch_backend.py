@@ -64,6 +64,16 @@ def _slice(x, starts, ends, axes=None, steps=None, **_):
     return x[tuple(index)]
 
 
+def _pad(x, pads, value=None, axes=None, *, mode="constant", **_):
+    if mode != "constant" or axes is not None:
+        raise EdgeRestoreError(f"torch backend supports only constant Pad over all axes, got mode={mode}")
+    pads = [int(p) for p in pads.tolist()]
+    n = len(pads) // 2
+    # ONNX: [x1_begin, x2_begin, ..., x1_end, ...]; torch: last axis first, (begin, end) pairs
+    torch_pads = [v for axis in reversed(range(n)) for v in (pads[axis], pads[axis + n])]
+    return F.pad(x, torch_pads, value=float(value) if value is not None else 0.0)
+
+
 _OPS: dict[str, Callable[..., Any]] = {
     "Conv": _conv,
     "Relu": lambda x, **_: F.relu(x),
@@ -83,6 +93,8 @@ _OPS: dict[str, Callable[..., Any]] = {
     "Slice": _slice,
     "Softmax": lambda x, *, axis=-1, **_: torch.softmax(x, dim=axis),
     "Identity": lambda x, **_: x,
+    "Transpose": lambda x, *, perm, **_: x.permute(*perm),
+    "Pad": _pad,
     "Clip": lambda x, lo=None, hi=None, **_: torch.clamp(x, lo, hi),
 }
 
