@@ -20,6 +20,8 @@ def describe_all() -> list[dict]:
             "size_multiple": model.size_multiple, "receptive_field": model.receptive_field,
             "tile": tiling.tile, "overlap": tiling.overlap, "stages": len(model.stage_plan().stages),
             "shipped_weights": entry.default_weights is not None,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            **({"parameter_counts": model.parameter_counts()} if hasattr(model, "parameter_counts") else {}),
         })
     return rows
 
@@ -35,11 +37,18 @@ def models_command(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "ch", "range", "multiple", "RF", "tile/overlap", "stages", "weights", "description")
+    table = Table("name", "ch", "range", "multiple", "RF", "tile/overlap", "stages", "params", "weights", "description")
     for column in table.columns[:-1]:
         column.no_wrap = True
     for r in rows:
         table.add_row(r["name"], str(r["channels"]), f"{r['range'][0]:g}..{r['range'][1]:g}", str(r["size_multiple"]),
-                      str(r["receptive_field"]), f"{r['tile']}/{r['overlap']}", str(r["stages"]),
+                      str(r["receptive_field"]), f"{r['tile']}/{r['overlap']}", str(r["stages"]), _params(r),
                       "shipped" if r["shipped_weights"] else "--weights", r["description"])
     Console(width=None if Console().is_terminal else 160).print(table)
+
+
+def _params(row: dict) -> str:
+    parts = row.get("parameter_counts")
+    if parts:
+        return " + ".join(f"{v:,} {k}" for k, v in parts.items())
+    return f"{row['parameters']:,}"

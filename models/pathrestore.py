@@ -102,7 +102,8 @@ class PathRestore(RestorationModel):
     def route(self, x: torch.Tensor, actions: torch.Tensor | None = None, min_confidence: float = 0.5):
         """Run with given per-block ``actions`` (N, blocks), or the pathfinder's own.
 
-        Returns the output, the actions taken (N, blocks) and the logits (N, blocks, 2).
+        Returns the output, the actions taken (N, blocks) and the logits (N, blocks, 2;
+        None when the actions were given).
         The test-time rule: bypass where P(bypass) >= min_confidence (0.5 = argmax).
         Every tile runs both options here (training needs dense tensors); the runtime
         is what skips the bypassed work.
@@ -112,17 +113,20 @@ class PathRestore(RestorationModel):
         c = x.new_zeros(x.shape[0], self.units)
         taken, all_logits = [], []
         for i in range(self.blocks):
-            logits, h, c = self.pathfinder(f, h, c)
-            f = self.shared[i](f)
-            if actions is None:
+            if actions is None:  # given actions need no pathfinder (nor 63x63 inputs)
+                logits, h, c = self.pathfinder(f, h, c)
                 a = (torch.softmax(logits, 1)[:, BYPASS] < min_confidence).long()
+                if min_confidence >= 1.0:
+                    a = torch.ones_like(a)
+                all_logits.append(logits)
             else:
                 a = actions[:, i]
+            f = self.shared[i](f)
             keep = a.view(-1, 1, 1, 1).to(f.dtype)
             f = f + keep * (self.branch[i](f) - f)
             taken.append(a)
-            all_logits.append(logits)
-        return self.tail(F.relu(f)), torch.stack(taken, 1), torch.stack(all_logits, 1)
+        logits = torch.stack(all_logits, 1) if all_logits else None
+        return self.tail(F.relu(f)), torch.stack(taken, 1), logits
 
     @property
     def receptive_field(self) -> int:

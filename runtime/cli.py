@@ -18,7 +18,7 @@ COMMANDS = {
     "restore": ("edgerestore.runtime.commands:restore_command", "Restore images with a bundle."),
     "eval": ("edgerestore.runtime.commands:eval_command", "Score a bundle on a dataset (PSNR/SSIM)."),
     "train": ("edgerestore.models.train.cli:train_command", "Train a model's checkpoint (CPU)."),
-    "demo": ("edgerestore.runtime.demo:demo_command", "Before/after demo on the CPU."),
+    "demo": ("edgerestore.runtime.demo:demo_command", "Path-Restore before/after demo on the CPU."),
 }
 
 

@@ -3,7 +3,6 @@ import json
 import cv2
 import numpy as np
 
-from conftest import SHARED, need_shared
 
 
 def test_models_lists_declared_properties(run_cli):
@@ -59,11 +58,12 @@ def test_eval_with_ground_truth_pairs(run_cli, small_bundle, tmp_path):
     assert report["images"] == 2 and report["gt"] == str(clean)
 
 
-def test_demo_writes_a_before_after_picture(run_cli, tmp_path, monkeypatch):
-    need_shared(SHARED / "weights")
-    monkeypatch.setenv("EDGERESTORE_SHARED", str(SHARED))
-    result = run_cli("demo", "-o", tmp_path / "demo")
+def test_demo_writes_a_before_after_picture(run_cli, tmp_path):
+    clean = tmp_path / "clean.png"
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(clean), cv2.GaussianBlur((rng.random((126, 180, 3)) * 255).astype(np.uint8), (9, 9), 3))
+    result = run_cli("demo", "-o", tmp_path / "demo", "--image", clean, "--backend", "onnxruntime")
     assert result.exit_code == 0, result.output
     picture = cv2.imread(str(tmp_path / "demo" / "before_after.png"))
-    assert picture.shape[1] > 3 * picture.shape[0] * 0.9  # three panels side by side
-    assert "restored" in result.stdout
+    assert picture.shape[0] == 126 and picture.shape[1] == 4 * 180 + 3 * 8  # noisy | restored | clean | route map
+    assert "blocks bypassed" in result.stdout
