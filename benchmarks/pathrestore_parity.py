@@ -19,7 +19,8 @@ from _common import SHARED, bundle_or_shipped
 from edgerestore.runtime import degrade, imageio
 from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.executor import Executor
-from edgerestore.runtime.tiling import TileGrid, extract
+from edgerestore.runtime.tilelib import extract
+from edgerestore.runtime.tiling import TileGrid
 
 
 

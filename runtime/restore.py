@@ -10,7 +10,8 @@ import numpy as np
 from .bundle import Bundle
 from .errors import EdgeRestoreError
 from .executor import Executor, RoutePolicy, switches
-from .tiling import TileGrid, extract, merge
+from .tilelib import extract, merge
+from .tiling import TileGrid
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Tile geometry and the weighted-ramp merge (Path-Restore's, generalised).
+"""Tile geometry of the weighted-ramp merge (Path-Restore's, generalised).
 
 Origins along an axis: ``range(0, L - T, S) + [L - T]`` with ``S = T - overlap``, so
 the last tile sits flush with the border. A tile's merge weight along an axis is 1
@@ -7,14 +7,13 @@ pixels (outputs that saw the tile's zero padding), then ramps (k+1)/(ramp+1); ed
 on the image border are not attenuated. The 2-D weight is the min of the two axes.
 With margin 0 and ramp 5 this is exactly Path-Restore's 63/53 mask.
 
-NOTE: this numpy version is the CPU path until the C++/CUDA tile library replaces it.
+The per-pixel extract/merge math itself lives in one C++/CUDA header (runtime/csrc/tiles.h),
+bound by :mod:`runtime.tilelib`; this module only fixes the geometry both sides agree on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
 
 from .errors import EdgeRestoreError
 
@@ -56,40 +55,8 @@ class TileGrid:
     def __len__(self) -> int:
         return len(self.origins_y) * len(self.origins_x)
 
-    def axis_weights(self, origin: int, length: int) -> np.ndarray:
-        """Weights along one axis of the tile at ``origin`` in an axis of ``length``."""
-        d = np.arange(self.tile, dtype=np.float32)
-        ramp = lambda dist: np.clip((dist - self.margin + 1) / (self.ramp_width + 1), 0.0, 1.0)
-        low = np.ones_like(d) if origin == 0 else ramp(d)
-        high = np.ones_like(d) if origin + self.tile == length else ramp(self.tile - 1 - d)
-        return np.minimum(low, high)
-
 
 def axis_origins(length: int, tile: int, stride: int) -> list[int]:
     if length == tile:
         return [0]
     return list(range(0, length - tile, stride)) + [length - tile]
-
-
-def extract(image: np.ndarray, grid: TileGrid) -> np.ndarray:
-    """HxWxC float image -> (N, C, T, T) tiles in row-major tile order."""
-    windows = np.lib.stride_tricks.sliding_window_view(image, (grid.tile, grid.tile), axis=(0, 1))
-    tiles = windows[np.ix_(grid.origins_y, grid.origins_x)]  # (ny, nx, C, T, T)
-    return np.ascontiguousarray(tiles.reshape(-1, *tiles.shape[2:]), dtype=np.float32)
-
-
-def merge(tiles: np.ndarray, grid: TileGrid) -> np.ndarray:
-    """(N, C, T, T) tiles -> HxWxC float image, weighted average of the covering tiles."""
-    channels, t = tiles.shape[1], grid.tile
-    acc = np.zeros((channels, grid.height, grid.width), np.float64)
-    norm = np.zeros((grid.height, grid.width), np.float64)
-    wy = [grid.axis_weights(o, grid.height) for o in grid.origins_y]
-    wx = [grid.axis_weights(o, grid.width) for o in grid.origins_x]
-    index = 0
-    for iy, oy in enumerate(grid.origins_y):
-        for ix, ox in enumerate(grid.origins_x):
-            w = np.minimum(wy[iy][:, None], wx[ix][None, :])
-            acc[:, oy:oy + t, ox:ox + t] += w * tiles[index]
-            norm[oy:oy + t, ox:ox + t] += w
-            index += 1
-    return (acc / norm).transpose(1, 2, 0).astype(np.float32)

@@ -12,7 +12,7 @@ from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.errors import EdgeRestoreError
 from edgerestore.runtime.executor import Executor, RoutePolicy
 from edgerestore.runtime.restore import Restorer
-from edgerestore.runtime.tiling import extract
+from edgerestore.runtime.tilelib import extract
 
 
 def test_parameter_counts_match_the_paper():
@@ -78,7 +78,7 @@ def test_bundle_reproduces_pytorch_decisions_and_pixels(routed, image, backend):
     decisions = decisions_of(restorer)
     assert any(0 < actions[:, i].mean() < 1 for i in range(6)), "test needs a block with mixed routing"
     assert (decisions == actions).mean() == 1.0
-    from edgerestore.runtime.tiling import merge
+    from edgerestore.runtime.tilelib import merge
 
     np.testing.assert_allclose(restored, merge(expected_tiles, restorer.route.grid), atol=1e-4)
 
@@ -214,3 +214,26 @@ def test_training_runs_and_resumes(tmp_path):
     assert steps == [(3, 2), (4, 2)], "the second run resumes at step 3, in stage II"
     model = create_model("pathrestore", weights=out)
     assert model.parameter_counts()["pathfinder"] == 29_534
+
+
+def test_reinforce_rewards_complex_blocks_only_where_they_pay():
+    """Tiles where the complex path beats the bypass path by more than the penalty learn to
+    take it; tiles where it gains nothing learn to bypass."""
+    import torch
+
+    from edgerestore.models.train.pathrestore import SCALE, reinforce_loss
+
+    torch.manual_seed(0)
+    n, blocks = 512, 6
+    logits = torch.zeros(n, blocks, 2, requires_grad=True)
+    dist = torch.distributions.Categorical(logits=logits)
+    actions = dist.sample()
+    hard = torch.arange(n) < n // 2
+    mse_bypass = torch.where(hard, 100.0, 5.0) / SCALE
+    # each complex block removes 3 units of MSE on a hard tile, nothing on an easy one
+    mse_out = mse_bypass - torch.where(hard, 3.0, 0.0) * actions.sum(1) / SCALE
+    loss = reinforce_loss(actions, list(dist.log_prob(actions).unbind(1)), list(dist.entropy().unbind(1)),
+                          mse_out, mse_bypass, penalty=0.5, entropy_weight=0.0)
+    loss.backward()
+    push_complex = -(logits.grad[..., 1] - logits.grad[..., 0])  # gradient descent direction
+    assert push_complex[hard].mean() > 0 > push_complex[~hard].mean()

@@ -17,20 +17,23 @@ import click
               help="Steps of stage II (pathfinder by REINFORCE, jointly with the network).")
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="63x63 patches per step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Network learning rate (cosine decay).")
-@click.option("--penalty", type=float, default=1.0, show_default=True,
+@click.option("--penalty", type=float, default=0.5, show_default=True,
               help="Cost p of each complex block in the reward (8-bit MSE units): larger = more bypass.")
+@click.option("--entropy", type=float, default=0.002, show_default=True,
+              help="Entropy bonus of the pathfinder in stage II (keeps it exploring).")
 @click.option("--sigma", nargs=2, type=float, default=(5.0, 50.0), show_default=True,
               help="Blind noise range for the synthesized training noise.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-bf16", is_flag=True, help="Train in fp32 (bf16 autocast is the default on CPUs that have it).")
-def train_command(model, data, output, stage1_steps, stage2_steps, batch, lr, penalty, sigma, seed, no_bf16):
+def train_command(model, data, output, stage1_steps, stage2_steps, batch, lr, penalty, entropy, sigma, seed,
+                  no_bf16):
     """Train MODEL on an image folder; rerun the same command to resume."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .pathrestore import TrainConfig, train
 
     config = TrainConfig(data=data, output=output, stage1_steps=stage1_steps, stage2_steps=stage2_steps,
-                         batch=batch, lr=lr, penalty=penalty, sigma_lo=sigma[0], sigma_hi=sigma[1], seed=seed,
+                         batch=batch, lr=lr, penalty=penalty, entropy=entropy, sigma_lo=sigma[0], sigma_hi=sigma[1], seed=seed,
                          bf16=not no_bf16)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeRemainingColumn(), TextColumn("{task.fields[info]}")) as bar:
