@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import onnx
 import torch
@@ -26,6 +26,9 @@ from .to_onnx import OPSET, export_stage
 # anything near 1e-3 is a wrong graph, not rounding.
 PARITY_TOLERANCE = 1e-3
 
+if TYPE_CHECKING:
+    from edgerestore.calibration.int8 import Int8Options, Int8Report
+
 
 @dataclass
 class ExportReport:
@@ -33,6 +36,7 @@ class ExportReport:
     model: str
     parity: list[Parity] = field(default_factory=list)
     seconds: float = 0.0
+    int8: "Int8Report | None" = None
 
 
 def package_version() -> str:
@@ -47,17 +51,21 @@ def is_bundle(path: Path) -> bool:
 
 
 def export_bundle(name: str, output: str | Path, weights: str | Path | None = None,
-                  progress: Callable[[str], None] = lambda _: None) -> ExportReport:
-    """Build ``name`` (with ``weights``), export every stage, check parity, write the bundle."""
+                  progress: Callable[..., None] = lambda *_: None, int8: "Int8Options | None" = None) -> ExportReport:
+    """Build ``name`` (with ``weights``), export every stage, check parity, write the bundle;
+    with ``int8``, calibrate it and add the INT8 artifacts before the bundle appears."""
     start = time.perf_counter()
     progress("loading model")
     model = create_model(name, weights=weights)
-    return write_bundle(model, name, Path(output), progress, start)
+    return write_bundle(model, name, Path(output), progress, start, int8=int8)
 
 
 def write_bundle(model: RestorationModel, name: str, output: Path,
-                 progress: Callable[[str], None] = lambda _: None, start: float | None = None) -> ExportReport:
+                 progress: Callable[..., None] = lambda *_: None, start: float | None = None,
+                 int8: "Int8Options | None" = None) -> ExportReport:
     start = time.perf_counter() if start is None else start
+    if int8 is not None:
+        int8.check_tiling(name, model.default_tiling().to_json())
     split = model.stage_plan()
     report = ExportReport(bundle=output, model=name)
     stages: dict[str, Any] = {}
@@ -81,6 +89,11 @@ def write_bundle(model: RestorationModel, name: str, output: Path,
             }
         manifest = build_manifest(model, name, stages, split.plan, split.initial, report.parity)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if int8 is not None:
+            from edgerestore.calibration.int8 import add_int8
+
+            manifest, report.int8 = add_int8(tmp, int8, progress)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     report.seconds = time.perf_counter() - start
     return report
 

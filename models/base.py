@@ -8,10 +8,13 @@ itself into stage graphs plus a plan (the control flow between stages, as data).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,14 @@ class RestorationModel(nn.Module):
             if isinstance(m, nn.Conv2d):
                 total += m.in_channels // m.groups * m.out_channels * m.kernel_size[0] * m.kernel_size[1]
         return float(total)
+
+    @classmethod
+    def read_checkpoint(cls, path) -> "Checkpoint":
+        """Read ``--weights``. Default: a PyTorch checkpoint file; architectures whose official
+        weights come in another form (a folder of TF1 checkpoints, ...) override this."""
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(path)
 
     @classmethod
     def config_from_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:

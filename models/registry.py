@@ -14,7 +14,7 @@ from typing import Any
 from edgerestore.runtime.errors import EdgeRestoreError
 
 from .base import RestorationModel
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def create_model(name: str, weights: str | Path | None = None, **overrides: Any)
         model = entry.cls(**{**entry.config, **overrides})
         model.provenance = {"weights": None}
         return model.eval()
-    checkpoint = load_checkpoint(path)
+    checkpoint = entry.cls.read_checkpoint(path)
     model = _build_from_checkpoint(entry, checkpoint, overrides)
     model.provenance = {"weights": str(path), "weights_sha256": checkpoint.sha256, "checkpoint_kind": checkpoint.kind}
     return model.eval()

@@ -8,6 +8,9 @@ A checkpoint ``PREFIX`` is two kinds of file:
 ``PREFIX.data-0000S-of-0000N``
     Shard ``S`` of ``N``: the raw tensor bytes, concatenated (little-endian unless the header
     says otherwise).
+``PREFIX.meta`` (optional)
+    The ``MetaGraphDef``: the graph's nodes and how they connect, which the variables alone do
+    not tell (residual adds, gate order); :func:`read_tf1_graph` lists them.
 
 SSTable layout (https://github.com/google/leveldb/blob/main/doc/table_format.md): the last 48
 bytes are the *footer*: two block handles (metaindex, index; each ``offset, size`` as varints),
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -316,3 +320,110 @@ def tf_conv_to_torch(kernel) -> np.ndarray:
 def tf_dense_to_torch(kernel) -> np.ndarray:
     """TF dense kernel ``[in, out]`` (``y = x @ W``) -> PyTorch ``Linear.weight`` ``[out, in]``."""
     return np.ascontiguousarray(np.asarray(kernel).T)
+
+
+# ---------------------------------------------------------------------------- .meta graph
+@dataclass(frozen=True)
+class GraphNode:
+    """One ``NodeDef`` of a saved graph: ``inputs`` as TF writes them (``name:k`` for output k,
+    ``^name`` for control edges); ``attrs`` decoded to Python values (strings, ints, floats,
+    lists, and ``np.ndarray`` for tensor constants)."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    attrs: dict
+
+
+def read_tf1_graph(meta: str | Path) -> dict[str, GraphNode]:
+    """The nodes of a ``PREFIX.meta`` file (``MetaGraphDef``), by name.
+
+    A checkpoint's ``.index``/``.data`` hold only variables; the wiring between layers (which
+    output a residual ``AddN`` adds, which LSTM gate gets the forget bias) is recorded only
+    here. Decoded fields: ``MetaGraphDef {2 graph_def}``, ``GraphDef {1 repeated node}``,
+    ``NodeDef {1 name, 2 op, 3 repeated input, 5 map<string, AttrValue> attr}``.
+    """
+    path = Path(meta)
+    if path.suffix != ".meta":
+        path = _resolve_prefix(path)
+        path = path.with_name(path.name + ".meta")
+    if not path.is_file():
+        raise EdgeRestoreError(f"{path}: TF1 meta graph file not found")
+    try:
+        graph = _fields(_get(_fields(path.read_bytes()), 2, b""))
+        nodes = {}
+        for raw in graph.get(1, []):
+            f = _fields(raw)
+            attrs = {}
+            for entry in f.get(5, []):
+                e = _fields(entry)
+                attrs[_get(e, 1, b"").decode()] = _attr_value(_fields(_get(e, 2, b"")))
+            name = _get(f, 1, b"").decode()
+            nodes[name] = GraphNode(name, _get(f, 2, b"").decode(), tuple(i.decode() for i in f.get(3, [])), attrs)
+    except (ValueError, UnicodeDecodeError, struct.error) as exc:
+        raise EdgeRestoreError(f"{path}: corrupt meta graph: {exc}") from None
+    return nodes
+
+
+def _attr_value(v: dict):
+    """``AttrValue {1 list, 2 s, 3 i, 4 f, 5 b, 6 type, 7 shape, 8 tensor}`` -> Python."""
+    if 1 in v:
+        items = _fields(v[1][-1])
+        if 2 in items:
+            return [s.decode(errors="replace") for s in items[2]]
+        for num, kind in ((3, "varint"), (6, "varint"), (4, "float")):
+            if num in items:
+                return _repeated(items[num], kind)
+        return []
+    if 2 in v:
+        return v[2][-1].decode(errors="replace")
+    if 3 in v:
+        return _signed(v[3][-1])
+    if 4 in v:
+        return struct.unpack("<f", struct.pack("<I", v[4][-1]))[0]
+    if 5 in v:
+        return bool(v[5][-1])
+    if 6 in v:
+        return _dtype_name(v[6][-1])
+    if 8 in v:
+        return _tensor_proto(_fields(v[8][-1]))
+    return None
+
+
+def _signed(n: int) -> int:
+    return n - (1 << 64) if n >= 1 << 63 else n
+
+
+def _repeated(values: list, kind: str) -> list:
+    """A repeated scalar field, packed (one bytes value) or not."""
+    out = []
+    for value in values:
+        if not isinstance(value, bytes):
+            out.append(struct.unpack("<f", struct.pack("<I", value))[0] if kind == "float" else _signed(value))
+        elif kind == "float":
+            out.extend(struct.unpack(f"<{len(value) // 4}f", value))
+        else:
+            pos = 0
+            while pos < len(value):
+                n, pos = _varint(value, pos)
+                out.append(_signed(n))
+    return out
+
+
+def _tensor_proto(t: dict):
+    """``TensorProto {1 dtype, 2 shape, 4 tensor_content, 5 float_val, 7 int_val, 10 int64_val}``."""
+    code = _get(t, 1)
+    if code not in _DTYPES:
+        return None
+    shape = tuple(_get(_fields(d), 1) for d in _fields(_get(t, 2, b"")).get(2, []))
+    dtype = np.dtype(_DTYPES[code])
+    if 4 in t:
+        return np.frombuffer(t[4][-1], dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    for num, kind in ((5, "float"), (7, "varint"), (10, "varint")):
+        if num in t:
+            values = np.array(_repeated(t[num], kind), dtype)
+            size = int(np.prod(shape, dtype=np.int64))
+            if values.size == 1 and size != 1:  # TF stores a splat constant as one value
+                return np.broadcast_to(values, shape).copy()
+            return values.reshape(shape)
+    return np.zeros(shape, dtype)

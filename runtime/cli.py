@@ -17,6 +17,9 @@ COMMANDS = {
     "export": ("edgerestore.export.cli:export_command", "Export a model checkpoint to a bundle."),
     "restore": ("edgerestore.runtime.commands:restore_command", "Restore images with a bundle."),
     "eval": ("edgerestore.runtime.commands:eval_command", "Score a bundle on a dataset (PSNR/SSIM)."),
+    "check": ("edgerestore.runtime.tensorrt.commands:check_command",
+              "Check a bundle's stage graphs for TensorRT (no TensorRT needed)."),
+    "build": ("edgerestore.runtime.tensorrt.commands:build_command", "Build TensorRT engines into a bundle."),
     "train": ("edgerestore.models.train.cli:train_command", "Train a model's checkpoint (CPU)."),
     "demo": ("edgerestore.runtime.demo:demo_command", "Path-Restore before/after demo on the CPU."),
 }

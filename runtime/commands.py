@@ -9,7 +9,7 @@ import click
 
 from . import backends, imageio
 from .errors import EdgeRestoreError
-from .restore import Restorer
+from .restore import ROUTE_POLICIES, Restorer
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -30,16 +30,21 @@ def runtime_options(command):
         click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
                      help="Routed models: take a cheap branch (bypass) only where the router gives it at least "
                           "this probability. 0.5 = argmax (the paper); 1.0 = full network everywhere."),
+        click.option("--route-policy", type=click.Choice(ROUTE_POLICIES), default="tile", show_default=True,
+                     help="Routed models: tile = every tile follows its own router decisions; vote = at each "
+                          "switch all tiles of an image take the branch most of them chose (RL-Restore's "
+                          "official whole-image mode)."),
     ]):
         command = option(command)
     return command
 
 
-def make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence) -> Restorer:
+def make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence,
+                  route_policy="tile") -> Restorer:
     if whole and (tile is not None or overlap is not None):
         raise EdgeRestoreError("--whole cannot be combined with --tile/--overlap")
     return Restorer(bundle, backend=backend, precision=precision, tile=tile, overlap=overlap, whole=whole,
-                    batch_size=batch_size, min_confidence=min_confidence)
+                    batch_size=batch_size, min_confidence=min_confidence, route_policy=route_policy)
 
 
 def output_paths(inputs: list[Path], output: Path) -> list[Path]:
@@ -66,7 +71,7 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
               help="Also write a picture of each tile's executed share of the network (one input only).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def restore_command(bundle, inputs, output, backend, precision, tile, overlap, whole, batch_size, min_confidence,
-                    route_map, as_json):
+                    route_policy, route_map, as_json):
     """Restore images with BUNDLE. INPUTS are image files or directories of images.
 
     Outputs keep the input's bit depth (8/16) and alpha channel; each file is written
@@ -78,7 +83,8 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
     targets = output_paths(files, output)
     if route_map is not None and (len(files) != 1 or whole):
         raise EdgeRestoreError("--route-map needs exactly one input image and tiled mode")
-    restorer = make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence)
+    restorer = make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence,
+                             route_policy)
     if len(targets) > 1 or targets[0].parent == output:
         output.mkdir(parents=True, exist_ok=True)
     from rich.progress import Progress
@@ -97,7 +103,8 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
         from .routemap import route_map as render
 
         imageio.write_image(route_map, render(image.pixels if image.bit_depth == 8 else
-                                              imageio.from_float(imageio.to_float(image), 8), restorer.route))
+                                              imageio.from_float(imageio.to_float(image), 8), restorer.route,
+                                              restorer.bundle.plan))
     summary = {"images": len(files), "output": str(output), "backend": restorer.backend,
                "precision": restorer.precision, "seconds": restorer.seconds,
                "gmac_per_image": executed / len(files) / 1e9, "full_path_gmac_per_image": full / len(files) / 1e9,
@@ -125,7 +132,7 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
 @click.option("--y-channel", is_flag=True, help="Score the BT.601 Y channel (super-resolution protocol).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def eval_command(bundle, data, spec, gt, backend, precision, tile, overlap, whole, batch_size, min_confidence,
-                 border, y_channel, as_json):
+                 route_policy, border, y_channel, as_json):
     """Score BUNDLE on a dataset: PSNR/SSIM as BasicSR computes them (uint8, rounded).
 
     JSON keys: psnr, ssim, input_psnr, images, backend, precision, seconds (restoration
@@ -138,7 +145,8 @@ def eval_command(bundle, data, spec, gt, backend, precision, tile, overlap, whol
 
     if spec is not None:
         parse(spec)  # a bad spec fails before the bundle loads
-    restorer = make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence)
+    restorer = make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence,
+                             route_policy)
     with Progress(transient=True, disable=as_json) as bar:
         task = bar.add_task("evaluating", total=None)
         result = evaluate(restorer, data, spec, gt, border, y_channel,
@@ -148,8 +156,8 @@ def eval_command(bundle, data, spec, gt, backend, precision, tile, overlap, whol
         "psnr": result.psnr, "ssim": result.ssim, "input_psnr": result.input_psnr, "images": len(result.images),
         "backend": restorer.backend, "precision": restorer.precision, "seconds": result.seconds,
         "mode": "whole" if whole else f"tiled {restorer.tiles.tile}/{restorer.tiles.overlap}",
-        "min_confidence": min_confidence, "gmac_per_image": result.gmac, "full_path_gmac_per_image": result.full_gmac,
-        "bypass_share": result.bypass_share,
+        "min_confidence": min_confidence, "route_policy": route_policy, "gmac_per_image": result.gmac,
+        "full_path_gmac_per_image": result.full_gmac, "bypass_share": result.bypass_share,
         "per_image": [vars(s) for s in result.images],
     }
     if as_json:

@@ -8,6 +8,8 @@ state, ...). Steps:
 * ``switch``: the routing policy turns the router's logits into one branch per row;
   each branch's steps run on its own rows only, so an empty branch (a bypass) costs
   nothing; a branch with ``"stop": true`` retires its rows from the rest of the plan.
+  ``"one_hot": VAR`` also writes each row's chosen branch as a one-hot vector into VAR
+  (a router that takes its previous decision as input).
 
 Hooks see every stage call and every decision, so the profiler, the calibration
 capture and the route map observe exactly what runs, through this one traversal.
@@ -34,9 +36,14 @@ class RoutePolicy:
     """How logits become branches. A switch may name its ``cheap`` branch (a bypass):
     it is taken only where its probability is at least ``min_confidence``; elsewhere
     the most probable other branch. 0.5 on a two-way switch is the argmax; 1.0
-    forces the expensive path. Switches without a cheap branch use the argmax."""
+    forces the expensive path. Switches without a cheap branch use the argmax.
+
+    ``vote``: every row of one :meth:`Executor.run` (one image's tiles) takes the branch
+    most of them chose, ties to the lower branch index -- one decision per image and
+    switch (RL-Restore's official whole-image mode) instead of one per tile."""
 
     min_confidence: float = 0.5
+    vote: bool = False
 
     def __post_init__(self):
         if not 0.0 <= self.min_confidence <= 1.0:
@@ -51,6 +58,13 @@ class RoutePolicy:
         # 1.0 means never: a saturated softmax can round P(cheap) up to exactly 1.0.
         take_cheap = probs[:, cheap] >= self.min_confidence if self.min_confidence < 1.0 else False
         return np.where(take_cheap, cheap, others.argmax(1))
+
+    def decide(self, step: dict[str, Any], probs: np.ndarray) -> np.ndarray:
+        """One branch index per row."""
+        choice = self.choose(step, probs)
+        if self.vote:
+            return np.full_like(choice, np.bincount(choice, minlength=probs.shape[1]).argmax())
+        return choice
 
 
 @dataclass
@@ -71,13 +85,12 @@ class Executor:
                  policy: RoutePolicy | None = None):
         self.bundle = bundle
         self.backend = backends.resolve(backend)
-        available = bundle.precisions
+        available = backends.precisions(self.backend, bundle)  # a device backend: what has engines
         self.precision = precision or (available[0] if available else "fp32")
         if self.precision not in available:
             raise EdgeRestoreError(f"bundle '{bundle.root}' has no {self.precision} stages "
                                    f"(has: {', '.join(available) or 'none'})")
         self.policy = policy or RoutePolicy()
-        self._load = backends.loader(self.backend)
         self._runners: dict[str, backends.StageRunner] = {}
         self.stage_hooks: list[StageHook] = []
         self.decision_hooks: list[DecisionHook] = []
@@ -85,7 +98,7 @@ class Executor:
 
     def runner(self, stage: str) -> backends.StageRunner:
         if stage not in self._runners:
-            self._runners[stage] = self._load(self.bundle.stage_path(stage, self.precision))
+            self._runners[stage] = backends.open_stage(self.backend, self.bundle, stage, self.precision)
         return self._runners[stage]
 
     def load_all(self) -> None:
@@ -95,7 +108,8 @@ class Executor:
 
     def run(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(next(iter(tensors.values())))
-        env = dict(tensors)
+        # Copies: a branch updates its rows of a variable in place, the caller's arrays stay intact.
+        env = {name: np.array(value) for name, value in tensors.items()}
         for name, spec in self.bundle.initial.items():
             env[name] = np.full((n, *spec["shape"]), spec.get("value", 0.0), np.float32)
         self._active = np.ones(n, bool)
@@ -132,13 +146,17 @@ class Executor:
         for hook in self.stage_hooks:
             hook(stage, rows, feeds, outputs, seconds)
         for graph_name, var in step["out"].items():
-            value = outputs[graph_name]
-            if everyone:
-                env[var] = value
-                continue
-            if var not in env or env[var].shape[1:] != value.shape[1:]:
-                env[var] = np.zeros((len(self._active), *value.shape[1:]), value.dtype)
-            env[var][rows] = value
+            self._store(env, var, rows, outputs[graph_name], everyone)
+
+    def _store(self, env: dict[str, np.ndarray], var: str, rows: np.ndarray, value: np.ndarray,
+               everyone: bool) -> None:
+        """Write ``value`` (one row per entry of ``rows``) into the plan variable ``var``."""
+        if everyone:
+            env[var] = value
+            return
+        if var not in env or env[var].shape[1:] != value.shape[1:]:
+            env[var] = np.zeros((len(self._active), *value.shape[1:]), value.dtype)
+        env[var][rows] = value
 
     def _switch(self, step: dict[str, Any], env: dict[str, np.ndarray], rows: np.ndarray) -> None:
         probs = softmax(env[step["logits"]][rows].astype(np.float64))
@@ -146,9 +164,12 @@ class Executor:
         if probs.shape[1] != len(branches):
             raise EdgeRestoreError(f"bundle '{self.bundle.root}': switch '{step['name']}' has {len(branches)} "
                                    f"branches but its router gives {probs.shape[1]} logits")
-        choice = self.policy.choose(step, probs)
+        choice = self.policy.decide(step, probs)
         record = self.trace.decisions.setdefault(step["name"], np.full(len(self._active), -1))
         record[rows] = choice
+        if "one_hot" in step:
+            one_hot = np.eye(len(branches), dtype=np.float32)[choice]
+            self._store(env, step["one_hot"], rows, one_hot, len(rows) == len(self._active))
         for hook in self.decision_hooks:
             hook(step["name"], rows, choice, probs)
         for index, branch in enumerate(branches):

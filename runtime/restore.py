@@ -13,6 +13,8 @@ from .executor import Executor, RoutePolicy, switches
 from .tilelib import extract, merge
 from .tiling import TileGrid
 
+ROUTE_POLICIES = ("tile", "vote")
+
 
 @dataclass
 class RouteRecord:
@@ -52,13 +54,18 @@ class Restorer:
 
     ``tile``/``overlap`` override the bundle's defaults; ``whole=True`` runs the full
     image at once (padded to the size multiple) where the model allows it.
+    ``route_policy``: ``"tile"`` (each tile follows its own router) or ``"vote"`` (at every
+    switch all tiles of an image take the majority branch); see :class:`RoutePolicy`.
     """
 
     def __init__(self, bundle: Bundle | str, backend: str = "auto", precision: str | None = None,
                  tile: int | None = None, overlap: int | None = None, whole: bool = False, batch_size: int = 16,
-                 min_confidence: float = 0.5):
+                 min_confidence: float = 0.5, route_policy: str = "tile"):
+        if route_policy not in ROUTE_POLICIES:
+            raise EdgeRestoreError(f"unknown route policy '{route_policy}'; use one of {', '.join(ROUTE_POLICIES)}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
-        self.executor = Executor(self.bundle, backend, precision, RoutePolicy(min_confidence))
+        self.executor = Executor(self.bundle, backend, precision,
+                                 RoutePolicy(min_confidence, vote=route_policy == "vote"))
         self.executor.load_all()
         defaults = self.bundle.tiling
         if whole and defaults.get("fixed"):
@@ -138,20 +145,24 @@ class Restorer:
         grid = TileGrid(h, w, tile, overlap, t.halo, t.ramp)
         self._grid = grid
         tiles = np.concatenate([extract(plane, grid) for plane in planes])
-        out = self._run(tiles)
+        out = self._run(tiles, image_rows=len(grid))
         n = len(grid)
         return np.stack([merge(out[i * n:(i + 1) * n], grid) for i in range(b)])
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray, image_rows: int = 1) -> np.ndarray:
         io = self.bundle.io
-        outputs, macs, decisions = [], [], {}
-        for start in range(0, len(batch), self.batch_size):
-            env = self.executor.run({io["input"]: batch[start:start + self.batch_size]})
+        outputs, traces = [], []
+        # A vote decides over all tiles of one image: they go through one executor run.
+        chunk = image_rows if self.executor.policy.vote else self.batch_size
+        for start in range(0, len(batch), chunk):
+            env = self.executor.run({io["input"]: batch[start:start + chunk]})
             outputs.append(env[io["output"]])
-            trace = self.executor.trace
-            macs.append(trace.macs)
-            for name, choice in trace.decisions.items():
-                decisions.setdefault(name, []).append(choice)
-        self.route = RouteRecord(self._grid, {k: np.concatenate(v) for k, v in decisions.items()},
-                                 np.concatenate(macs), self.executor.full_path_macs(batch.shape[1:]))
+            traces.append(self.executor.trace)
+        # A switch that no row of a chunk reached (all stopped before it) is absent from that
+        # chunk's trace: -1 there, as for unreached rows.
+        names = dict.fromkeys(name for trace in traces for name in trace.decisions)
+        decisions = {name: np.concatenate([t.decisions.get(name, np.full(len(t.macs), -1)) for t in traces])
+                     for name in names}
+        self.route = RouteRecord(self._grid, decisions, np.concatenate([t.macs for t in traces]),
+                                 self.executor.full_path_macs(batch.shape[1:]))
         return np.concatenate(outputs)

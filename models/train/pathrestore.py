@@ -43,6 +43,12 @@ class TrainConfig:
     batch: int = 16
     lr: float = 1e-3
     pathfinder_lr: float = 1e-3
+    # Network learning rate in stage II as a fraction of --lr; 0 freezes the network so only
+    # the pathfinder learns. Joint training (the paper's) needs a network trained long enough
+    # that the branches keep their value: after a short stage I, a policy drifting towards
+    # bypass lets the network adapt to bypass, which makes the branches worse, which makes
+    # bypass better - measured here, it collapsed to 0% complex blocks.
+    stage2_network_lr: float = 0.2
     penalty: float = 0.5
     entropy: float = 0.002
     sigma_lo: float = 5.0
@@ -68,6 +74,19 @@ def identity_init(model: PathRestore) -> None:
         for block in [*model.shared, *model.branch]:
             block.conv2.weight.mul_(0.1)
             block.conv2.bias.zero_()
+
+
+def init_pathfinder(model: PathRestore) -> None:
+    """He-normal weights and small positive biases for the pathfinder's ReLU layers.
+
+    With PyTorch's default init on the 64->4 conv, three of its four channels and then all
+    24 of the next conv were dead on the trained network's features: the logits did not
+    depend on the tile and REINFORCE could only learn a constant bias."""
+    with torch.no_grad():
+        pf = model.pathfinder
+        for layer in (pf.conv1, pf.conv2, pf.fc):
+            torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            layer.bias.fill_(0.1)
 
 
 def rollout(model: PathRestore, noisy: torch.Tensor, policy: str):
@@ -131,17 +150,25 @@ def train(config: TrainConfig, progress: Callable[[dict], None] = lambda _: None
         step, seconds = state["step"], state["seconds"]
         data.rng.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
+        for group in pf_opt.param_groups:  # the command line wins over the saved learning rate
+            group["lr"] = config.pathfinder_lr
     else:
         identity_init(model)
     model.train()
     while step < total:
         start = time.perf_counter()
         stage = 1 if step < config.stage1_steps else 2
+        if stage == 2 and not pf_opt.state:  # the pathfinder starts learning now
+            init_pathfinder(model)
         # cosine decay within each stage
         length, offset = (config.stage1_steps, step) if stage == 1 else (config.stage2_steps, step - config.stage1_steps)
+        scale = 1.0 if stage == 1 else config.stage2_network_lr
         for group in net_opt.param_groups:
-            group["lr"] = config.lr * (0.5 + 0.5 * np.cos(np.pi * offset / max(length, 1))) * (1.0 if stage == 1 else 0.2)
+            group["lr"] = config.lr * (0.5 + 0.5 * np.cos(np.pi * offset / max(length, 1))) * scale
         noisy, clean = data.batch(config.batch)
+        train_network = stage == 1 or config.stage2_network_lr > 0
+        for parameter in trunk:
+            parameter.requires_grad_(train_network)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             out, actions, log_probs, entropies = rollout(model, noisy, "random" if stage == 1 else "pathfinder")
         mse_out = ((out.float() - clean) ** 2).mean((1, 2, 3))
@@ -155,7 +182,8 @@ def train(config: TrainConfig, progress: Callable[[dict], None] = lambda _: None
         net_opt.zero_grad()
         pf_opt.zero_grad()
         loss.backward()
-        net_opt.step()
+        if train_network:
+            net_opt.step()
         if stage == 2:
             pf_opt.step()
         step += 1

@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from ..bundle import Bundle
 from ..errors import EdgeRestoreError
 
 
@@ -28,10 +29,17 @@ _BACKENDS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("onnxruntime_backend", "onnxruntime"),
     "torch": ("torch_backend", "torch"),
 }
-NAMES = ("auto", *_BACKENDS)
+# Backends that run engines built for the device (`edgerestore build`), not the stage ONNX:
+# never picked by "auto", not in available(). Their modules also define
+# load_from_bundle(bundle, stage, precision) and precisions(bundle).
+_DEVICE_BACKENDS: dict[str, tuple[str, str]] = {
+    "tensorrt": ("tensorrt_backend", "tensorrt"),
+}
+NAMES = ("auto", *_BACKENDS, *_DEVICE_BACKENDS)
 
 
 def available() -> list[str]:
+    """Installed CPU backends, in "auto" preference order."""
     return [name for name, (_, package) in _BACKENDS.items() if importlib.util.find_spec(package) is not None]
 
 
@@ -42,18 +50,41 @@ def resolve(name: str) -> str:
         if not found:
             raise EdgeRestoreError("no backend installed: pip install openvino or onnxruntime")
         return found[0]
-    if name not in _BACKENDS:
+    known = {**_BACKENDS, **_DEVICE_BACKENDS}
+    if name not in known:
         raise EdgeRestoreError(f"unknown backend '{name}'; choose from {', '.join(NAMES)}")
-    if name not in available():
-        raise EdgeRestoreError(f"backend '{name}' needs the Python package '{_BACKENDS[name][1]}', which is not installed")
+    if importlib.util.find_spec(known[name][1]) is None:
+        raise EdgeRestoreError(f"backend '{name}' needs the Python package '{known[name][1]}', which is not installed")
     return name
 
 
+def _module(name: str):
+    module, _ = {**_BACKENDS, **_DEVICE_BACKENDS}[resolve(name)]
+    return importlib.import_module(f"{__name__}.{module}")
+
+
 def loader(name: str) -> Callable[[Path], StageRunner]:
-    """The ``load(path) -> StageRunner`` function of a backend (``auto`` resolved)."""
-    module = importlib.import_module(f"{__name__}.{_BACKENDS[resolve(name)][0]}")
+    """The ``load(path) -> StageRunner`` function of a CPU backend (``auto`` resolved)."""
+    module = _module(name)
+    if not hasattr(module, "load"):
+        raise EdgeRestoreError(f"backend '{name}' runs engines built into a bundle, not a stage file")
     return module.load
 
 
 def load_stage(name: str, path: Path) -> StageRunner:
     return loader(name)(Path(path))
+
+
+def open_stage(name: str, bundle: Bundle, stage: str, precision: str) -> StageRunner:
+    """A runner for ``stage`` of ``bundle`` at ``precision``: the stage file for CPU
+    backends, the engine built for this device for device backends."""
+    module = _module(name)
+    if hasattr(module, "load_from_bundle"):
+        return module.load_from_bundle(bundle, stage, precision)
+    return module.load(bundle.stage_path(stage, precision))
+
+
+def precisions(name: str, bundle: Bundle) -> list[str]:
+    """Precisions ``name`` can run ``bundle`` at, best first."""
+    module = _module(name)
+    return module.precisions(bundle) if hasattr(module, "precisions") else bundle.precisions

@@ -10,10 +10,17 @@ import onnxruntime as ort
 from ..errors import EdgeRestoreError
 
 
+# A plan alternates between many sessions (15 stages for Path-Restore), each with its own
+# thread pool: threads left spinning after one stage's call steal the cores from the next
+# stage's call. Measured on a 2-core machine: 0.10 s vs 0.011 s per 9-tile block call.
+SPINNING = "0"
+
+
 class OrtStage:
     def __init__(self, path: Path):
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", SPINNING)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # ORT raises several private exception types for bad files

@@ -1,0 +1,261 @@
+"""``export --int8``: calibrate a freshly written FP32 bundle and add its INT8 artifacts.
+
+Runs inside the exporter's temporary bundle directory, so a failure anywhere leaves no
+bundle behind. Adds, per stage: ``<stage>.int8.onnx`` (Q/DQ), ``calib/<stage>.cache``
+(TensorRT text cache) and, for the whole bundle, ``calibration.json`` (method, amax per
+tensor, FP32 layers, accuracy table). Returns the manifest with the INT8 files recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from edgerestore.runtime import backends
+from edgerestore.runtime.bundle import MANIFEST, Bundle, file_sha256
+from edgerestore.runtime.errors import EdgeRestoreError
+
+from . import trt_cache
+from .accuracy import Score, routing_agreement, score
+from .capture import Capture, capture, is_routed
+from .policy import Layer, SearchResult, all_layers, default_fp32_layers, sensitivity_search
+from .quantize import quantize_stage
+from .scales import check_method
+from .sources import FolderSplit, Sample
+
+# Chosen on DnCNN-S / Set12 (README, "INT8 export", benchmarks/int8_quantizers.py): the
+# smallest PSNR loss of the four (0.109 dB; mse 0.132, minmax 0.171, entropy 2.58).
+DEFAULT_METHOD = "percentile"
+CALIBRATION_FILE = "calibration.json"
+
+Progress = Callable[..., None]
+
+
+@dataclass
+class Int8Options:
+    data: FolderSplit | None = None  # or, from Python: calibration samples and held-out samples
+    calibration: Iterable[Sample] | None = None
+    held_out: list[Sample] | None = None
+    method: str = DEFAULT_METHOD
+    max_drop: float | None = None
+    trt_version: str = trt_cache.DEFAULT_TRT_VERSION
+    route_agnostic: bool = False  # routed models: ship the route-agnostic scales instead
+
+    def __post_init__(self):
+        check_method(self.method)
+        self.trt = trt_cache.parse_trt_version(self.trt_version)
+        if (self.data is None) == (self.calibration is None):
+            raise EdgeRestoreError("INT8 export needs calibration data (--calib DIR)")
+        if self.max_drop is not None and not self.max_drop >= 0:
+            raise EdgeRestoreError(f"--max-drop must be >= 0 dB, got {self.max_drop}")
+
+    def check_tiling(self, model: str, tiling: dict[str, Any]) -> None:
+        """Before any export work: a model that only runs on fixed tiles needs crops of at least one tile."""
+        if self.data is not None and tiling.get("fixed") and self.data.crop < tiling["tile"]:
+            t = tiling["tile"]
+            raise EdgeRestoreError(f"calibration crop {self.data.crop}x{self.data.crop} is smaller than the {t}x{t} "
+                                   f"tile '{model}' runs on; use --calib-crop {t} or more")
+
+
+@dataclass
+class Int8Report:
+    method: str
+    trt_header: str
+    fp32_layers: list[Layer]
+    calibration_images: int
+    calibration_tiles: int
+    held_out_images: int
+    scores: list[Score] = field(default_factory=list)  # FP32 and INT8, per backend
+    alternative: Score | None = None  # routed models: INT8 with the other calibration
+    route_aware: bool = True
+    routing_agreement: float | None = None
+    search: SearchResult | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "trt_header": self.trt_header,
+            "fp32_layers": [list(layer) for layer in self.fp32_layers],
+            "calibration_images": self.calibration_images, "calibration_tiles": self.calibration_tiles,
+            "held_out_images": self.held_out_images, "scores": [s.to_json() for s in self.scores],
+            "route_aware": self.route_aware,
+            "alternative": None if self.alternative is None else
+            {"route_aware": not self.route_aware, **self.alternative.to_json()},
+            "routing_agreement": self.routing_agreement,
+            "search": None if self.search is None else self.search.to_json(), "seconds": self.seconds,
+        }
+
+
+def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: None) -> tuple[dict, Int8Report]:
+    start = time.perf_counter()
+    bundle = Bundle(root)
+    routed = is_routed(bundle)
+    data = options.data
+    samples = list(options.calibration) if data is None else data.calibration()
+    held = (options.held_out or []) if data is None else data.held_out()
+    if held and any(s.clean is None for s in held):
+        raise EdgeRestoreError("held-out samples need clean targets for the accuracy check")
+    if options.max_drop is not None and not held:
+        raise EdgeRestoreError("--max-drop needs held-out images with ground truth")
+
+    with tempfile.TemporaryDirectory(prefix="edgerestore-calib-") as work:
+        work = Path(work)
+        aware = capture(bundle, samples, options.method, work, True, progress, len(samples))
+        agnostic = capture(bundle, samples, options.method, work, False, progress, len(samples)) if routed else None
+        amax_aware, fallback = _route_aware_amax(bundle, aware, agnostic)
+        amax_agnostic = agnostic.amax() if agnostic is not None else None
+    shipped, other = (amax_agnostic, amax_aware) if options.route_agnostic and routed else (amax_aware, amax_agnostic)
+
+    writer = _StageWriter(root, bundle)
+    layers = all_layers(bundle)
+    search = None
+    fp32_score = score(writer.bundle(), held, "fp32") if held else None
+    if options.max_drop is not None:
+        def psnrs_with(fp32_layers: set[Layer]) -> list[float]:
+            writer.write(shipped, fp32_layers)
+            return score(writer.bundle(), held, "int8").per_image
+
+        search = sensitivity_search(layers, options.max_drop, fp32_score.per_image, psnrs_with, progress)
+        fp32_layers = search.fp32_layers
+    else:
+        fp32_layers = default_fp32_layers(bundle)
+
+    report = Int8Report(options.method, trt_cache.header(options.trt, options.method), fp32_layers,
+                        aware.images, aware.tiles, len(held), route_aware=not (options.route_agnostic and routed),
+                        search=search)
+    if held:
+        progress("scoring FP32 vs INT8 on the held-out crops", 0, 0)
+        if other is not None:
+            writer.write(other, set(fp32_layers))
+            report.alternative = score(writer.bundle(), held, "int8", branches_of=fp32_score)
+    scales = writer.write(shipped, set(fp32_layers))
+    if held:
+        report.scores = _score_table(writer.bundle(), held, fp32_score)
+        report.routing_agreement = routing_agreement(report.scores[0], report.scores[1])
+    caches, effective = _write_caches(root, report.trt_header, shipped, scales)
+    report.seconds = time.perf_counter() - start
+    _write_calibration_json(root, options, report, shipped, amax_aware, amax_agnostic, effective, caches,
+                            fallback, aware, agnostic, fp32_layers)
+    return writer.manifest(caches, final=True), report
+
+
+def _route_aware_amax(bundle: Bundle, aware: Capture, agnostic: Capture | None):
+    """Route-aware ranges; a stage no calibration tile was routed to falls back to its
+    route-agnostic ranges (recorded in calibration.json)."""
+    amax = aware.amax()
+    fallback = []
+    for stage in bundle.stages:
+        if stage in amax:
+            continue
+        if agnostic is None or stage not in agnostic.ranges or not agnostic.ranges[stage].rows:
+            raise EdgeRestoreError(f"stage '{stage}' saw no calibration data; calibrate on more images")
+        amax[stage] = agnostic.ranges[stage].amax()
+        fallback.append(stage)
+    return amax, fallback
+
+
+class _StageWriter:
+    """Writes ``<stage>.int8.onnx`` into the bundle being built and keeps its manifest in
+    step, re-quantizing only the stages whose ranges or FP32 layers changed."""
+
+    def __init__(self, root: Path, bundle: Bundle):
+        self.root, self.stages = root, list(bundle.stages)
+        self.fp32 = {stage: bundle.stage_path(stage, "fp32") for stage in self.stages}
+        self.base = json.loads((root / MANIFEST).read_text())
+        self.written: dict[str, tuple[str, frozenset]] = {}
+        self.scales: dict[str, dict[str, float]] = {}
+
+    def write(self, amax: dict[str, dict[str, float]], fp32_layers: set[Layer]) -> dict[str, dict[str, float]]:
+        for stage in self.stages:
+            nodes = frozenset(node for s, node in fp32_layers if s == stage)
+            key = (json.dumps(amax[stage], sort_keys=True), nodes)
+            if self.written.get(stage) != key:
+                self.scales[stage] = quantize_stage(self.fp32[stage], self.root / f"{stage}.int8.onnx",
+                                                    amax[stage], sorted(nodes))
+                self.written[stage] = key
+        (self.root / MANIFEST).write_text(json.dumps(self.manifest({}, final=False), indent=2) + "\n")
+        return dict(self.scales)
+
+    def bundle(self) -> Bundle:
+        return Bundle(self.root)
+
+    def manifest(self, caches: dict[str, str], final: bool) -> dict:
+        manifest = json.loads(json.dumps(self.base))
+        for stage in self.written:
+            entry = manifest["stages"][stage]
+            entry["files"]["int8"] = f"{stage}.int8.onnx"
+            if final:  # checksums only once the files stop changing
+                entry["sha256"]["int8"] = file_sha256(self.root / entry["files"]["int8"])
+                entry["calibration_cache"] = caches[stage]
+        manifest["precisions"] = ["fp32", "int8"]
+        if final:
+            manifest["calibration"] = CALIBRATION_FILE
+        return manifest
+
+
+def _score_table(bundle: Bundle, held: list[Sample], fp32: Score) -> list[Score]:
+    rows = [fp32, score(bundle, held, "int8", branches_of=fp32)]
+    for backend in backends.available():
+        if backend in ("onnxruntime", "torch"):  # torch is a reference interpreter, not a deployment target
+            continue
+        reference = score(bundle, held, "fp32", backend)
+        rows += [reference, score(bundle, held, "int8", backend, branches_of=reference)]
+    return rows
+
+
+def _write_caches(root: Path, head: str, calibrated: dict[str, dict[str, float]],
+                  scales: dict[str, dict[str, float]]) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
+    """One cache per stage with the scales the Q/DQ graph uses; returns the cache paths and
+    the effective amax (scale * 127) per quantized tensor. ONNX Runtime gives a Conv output
+    that only a ReLU reads the ReLU's range (negatives die there anyway), so a tensor's
+    effective amax is the calibrated amax of itself or of the activation it shares with."""
+    (root / "calib").mkdir(exist_ok=True)
+    caches, effective = {}, {}
+    for stage, quantized in scales.items():
+        values = {tensor: scale * trt_cache.QMAX for tensor, scale in quantized.items()}
+        known = list(calibrated[stage].values())
+        for tensor, value in values.items():
+            if not any(abs(value - v) <= 1e-6 * v for v in known):
+                raise AssertionError(f"{stage}/{tensor}: Q/DQ amax {value} is none of the calibrated ranges")
+        rel = f"calib/{stage}.cache"
+        (root / rel).write_text(trt_cache.render(head, values))
+        caches[stage], effective[stage] = rel, values
+    return caches, effective
+
+
+def _write_calibration_json(root, options, report, shipped, amax_aware, amax_agnostic, effective, caches,
+                            fallback, aware, agnostic, fp32_layers) -> None:
+    data = options.data
+    stages = {}
+    for stage in effective:
+        stages[stage] = {
+            "method": options.method,
+            "calibration": "route-agnostic" if (shipped is amax_agnostic or stage in fallback) else "route-aware",
+            "samples": aware.ranges[stage].rows if stage in aware.ranges else 0,
+            # amax of each tensor the Q/DQ graph and the cache quantize (cache scale = amax / 127)
+            "amax": effective[stage],
+            "quantized": sorted(effective[stage]),
+            # what the calibrator measured, per tensor it observed
+            "calibrated_amax": shipped[stage],
+            "fp32_nodes": [node for s, node in fp32_layers if s == stage],
+            "cache": caches[stage],
+            **({"amax_route_agnostic": amax_agnostic[stage], "amax_route_aware": amax_aware[stage],
+                "samples_route_agnostic": agnostic.ranges[stage].rows} if amax_agnostic is not None else {}),
+        }
+    document = {
+        "method": options.method,
+        "trt_version": ".".join(map(str, options.trt)), "trt_header": report.trt_header,
+        "source": None if data is None else {
+            "folder": str(data.folder), "degrade": data.degrade_spec, "gt": None if data.gt is None else str(data.gt),
+            "images": report.calibration_images, "held_out": report.held_out_images, "crop": data.crop,
+            "seed": data.seed},
+        "route_aware": report.route_aware, "routing": aware.routing,
+        "route_aware_fallback": fallback,
+        "stages": stages,
+        "accuracy": report.to_json(),
+    }
+    (root / CALIBRATION_FILE).write_text(json.dumps(document, indent=2) + "\n")

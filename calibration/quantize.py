@@ -1,0 +1,69 @@
+"""FP32 stage ONNX + activation ranges -> Q/DQ stage ONNX, by ONNX Runtime's ``quantize_static``.
+
+Symmetric INT8 everywhere (zero point 0, as TensorRT's explicit quantization requires),
+per-channel weights, Q/DQ around the compute-heavy ops and their ReLUs. The ranges are
+computed once (:mod:`.scales`) and passed through ONNX Runtime's calibration-cache file,
+so the sensitivity search can re-quantize with other FP32 layers without recalibrating.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
+
+from .scales import COMPUTE_OPS, QUANTIZED_OPS, quiet
+
+EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True}
+
+
+def quantize_stage(fp32: Path, output: Path, amax: dict[str, float], fp32_nodes: list[str]) -> dict[str, float]:
+    """Write the Q/DQ model of ``fp32`` to ``output``; returns the scale of every activation
+    tensor it quantizes (``amax / 127``, read back from the written graph)."""
+    ranges = TensorsData(CalibrationMethod.MinMax, {
+        name: (np.array(-value, np.float32), np.array(value, np.float32)) for name, value in amax.items()})
+    exclude = with_activations(onnx.load(str(fp32)), fp32_nodes)
+    with tempfile.TemporaryDirectory(prefix="edgerestore-ranges-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        save_tensors_data(ranges, cache)
+        with quiet():
+            quantize_static(str(fp32), str(output), None, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
+                            calibration_cache_path=cache, extra_options=dict(EXTRA_OPTIONS))
+    return activation_scales(onnx.load(str(output)))
+
+
+def with_activations(model: onnx.ModelProto, nodes: list[str]) -> list[str]:
+    """``nodes`` plus the ReLUs that read their outputs: an FP32 layer's output then stays
+    unrounded until the next INT8 layer quantizes it."""
+    chosen = set(nodes)
+    outputs = {o for n in model.graph.node if n.name in chosen for o in n.output}
+    return sorted(chosen | {n.name for n in model.graph.node
+                            if n.op_type in ("Relu",) and n.input and n.input[0] in outputs})
+
+
+def activation_scales(model: onnx.ModelProto) -> dict[str, float]:
+    """Tensor -> scale of every QuantizeLinear on a non-constant tensor, by the tensor's
+    name in the FP32 graph (the one TensorRT sees when it reads a calibration cache)."""
+    constants = {t.name: t for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    scales = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in constants:
+            name = node.input[0]
+            # A quantized graph output keeps its name on the DQ side; ONNX Runtime renames the original.
+            original = name.removesuffix("_QuantizeLinear_Input")
+            scales[original if original in outputs else name] = float(numpy_helper.to_array(constants[node.input[1]]))
+    return dict(sorted(scales.items()))
+
+
+def compute_nodes(path: Path) -> list[str]:
+    """Names of the nodes the quantizer may put in INT8, in graph (topological) order."""
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in COMPUTE_OPS]

@@ -1,0 +1,152 @@
+"""``export --int8`` end to end on a tiny DnCNN: bundle layout, TensorRT caches checked
+against calibration.json and the Q/DQ graphs, runtime precision selection."""
+
+import json
+import struct
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from edgerestore.calibration import trt_cache
+from edgerestore.runtime.bundle import Bundle
+
+
+def write_images(folder, count, shape, seed=0):
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        # smooth content, so a denoiser has something to keep
+        img = cv2.GaussianBlur((rng.random(shape) * 255).astype(np.uint8), (9, 9), 3)
+        cv2.imwrite(str(folder / f"img{i}.png"), img)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    from edgerestore.models import DnCNN, save_checkpoint
+
+    torch.manual_seed(0)
+    model = DnCNN(channels=1, depth=5, features=16)
+    with torch.no_grad():
+        model.model[-1].weight.mul_(0.1)
+    path = tmp_path_factory.mktemp("weights") / "tiny_dncnn.pth"
+    save_checkpoint(path, model.state_dict(), "dncnn", model.config())
+    return path
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("data") / "calib", 6, (72, 84))
+
+
+@pytest.fixture(scope="module")
+def int8_export(tiny_weights, calib_dir, tmp_path_factory):
+    from click.testing import CliRunner
+
+    from edgerestore.runtime.cli import cli
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny_int8"
+    result = CliRunner().invoke(cli, ["export", "dncnn", "--weights", str(tiny_weights), "--int8", "--calib",
+                                      str(calib_dir), "--calib-degrade", "gaussian:25", "--calib-crop", "64",
+                                      "--calib-images", "4", "--holdout", "2", "--trt-version", "8.5", "--method", "percentile",
+                                      "-o", str(out), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+def test_bundle_records_both_precisions(int8_export):
+    out, report = int8_export
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precisions"] == ["fp32", "int8"]
+    stage = manifest["stages"]["main"]
+    assert stage["files"] == {"fp32": "main.onnx", "int8": "main.int8.onnx"}
+    assert set(stage["sha256"]) == {"fp32", "int8"} and stage["calibration_cache"] == "calib/main.cache"
+    assert Bundle(out).precisions == ["int8", "fp32"]
+    assert sorted(p.name for p in out.iterdir()) == ["calib", "calibration.json", "main.int8.onnx", "main.onnx",
+                                                     "manifest.json"]
+    assert not list(out.parent.glob(".*tmp*")), "temporary export directory left behind"
+    # the report: FP32 and INT8 scored on the held-out crops, per backend
+    rows = {(s["backend"], s["precision"]) for s in report["int8"]["scores"]}
+    assert {("onnxruntime", "fp32"), ("onnxruntime", "int8")} <= rows
+    assert report["int8"]["held_out_images"] == 2 and report["int8"]["calibration_images"] == 4
+
+
+def test_every_cache_matches_calibration_json_and_the_qdq_graph(int8_export):
+    out, _ = int8_export
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["trt_header"] == "TRT-8502-EntropyCalibration2"
+    caches = sorted((out / "calib").glob("*.cache"))
+    assert [c.name for c in caches] == [f"{s}.cache" for s in sorted(calibration["stages"])]
+    for cache in caches:
+        stage = calibration["stages"][cache.name[:-len(".cache")]]
+        lines = cache.read_text().splitlines()
+        assert lines[0] == "TRT-8502-EntropyCalibration2"
+        entries = dict(line.rsplit(": ", 1) for line in lines[1:])
+        assert len(entries) == len(lines) - 1 == len(stage["quantized"]) > 0
+        assert sorted(entries) == sorted(stage["quantized"])
+        for tensor, digits in entries.items():
+            assert len(digits) == 8
+            scale = struct.unpack(">f", bytes.fromhex(digits))[0]
+            assert scale == np.float32(stage["amax"][tensor] / 127)
+        # and the Q/DQ ONNX quantizes exactly these tensors with exactly these scales
+        graph = onnx.load(str(out / "main.int8.onnx")).graph
+        constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        q = {n.input[0]: float(constants[n.input[1]]) for n in graph.node
+             if n.op_type == "QuantizeLinear" and n.input[0] not in constants}
+        assert sorted(q) == sorted(entries)
+        for tensor, scale in q.items():
+            assert scale == pytest.approx(trt_cache.read(cache)[1][tensor], rel=1e-7)
+            zero = next(n.input[2] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
+            assert constants[zero].dtype == np.int8 and int(constants[zero]) == 0  # symmetric
+
+
+def test_first_and_last_conv_stay_fp32_with_per_channel_weights(int8_export):
+    out, _ = int8_export
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["stages"]["main"]["fp32_nodes"] == ["/model/model.0/Conv", "/model/model.8/Conv"]
+    graph = onnx.load(str(out / "main.int8.onnx")).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    dequantized = [producers.get(c.input[1]) is not None and producers[c.input[1]].op_type == "DequantizeLinear"
+                   for c in convs]
+    assert dequantized == [False, True, True, True, False]
+    dq = producers[convs[1].input[1]]
+    assert numpy_helper.to_array(next(t for t in graph.initializer if t.name == dq.input[1])).shape == (16,)
+
+
+def test_runtime_defaults_to_int8_and_takes_precision(int8_export, calib_dir, run_cli):
+    out, _ = int8_export
+    reports = {}
+    for precision in (None, "fp32", "int8"):
+        args = ["eval", out, "--data", calib_dir, "--degrade", "gaussian:25", "--backend", "onnxruntime", "--json"]
+        result = run_cli(*args, *(["--precision", precision] if precision else []))
+        assert result.exit_code == 0, result.output
+        reports[precision] = json.loads(result.stdout)
+    assert reports[None]["precision"] == "int8" and reports["fp32"]["precision"] == "fp32"
+    assert reports[None]["psnr"] == reports["int8"]["psnr"]
+    assert abs(reports["int8"]["psnr"] - reports["fp32"]["psnr"]) < 1.0
+    result = run_cli("restore", out, calib_dir / "img0.png", "-o", calib_dir.parent / "o.png", "--precision", "fp32",
+                     "--backend", "openvino", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["precision"] == "fp32"
+
+
+def test_max_drop_search_meets_its_budget(tiny_weights, calib_dir, tmp_path):
+    from edgerestore.calibration import FolderSplit, Int8Options
+    from edgerestore.export import export_bundle
+
+    split = FolderSplit(calib_dir, "gaussian:25", count=3, holdout=2, crop=48)
+    report = export_bundle("dncnn", tmp_path / "b", tiny_weights, int8=Int8Options(split, method="minmax",
+                                                                                     max_drop=0.0)).int8
+    search = report.search
+    assert search.drop_db + search.margin_db <= 0.0 + 1e-9
+    assert [k for k, *_ in search.steps] == list(range(len(search.steps)))
+    assert len(search.sensitivity) in (0, 5)  # all five convs ranked, unless all-INT8 already met the budget
+    calibration = json.loads((tmp_path / "b" / "calibration.json").read_text())
+    assert calibration["stages"]["main"]["fp32_nodes"] == [n for _, n in search.fp32_layers]
+    fp32, int8 = report.scores[0], report.scores[1]
+    assert fp32.psnr - int8.psnr <= 1e-9

@@ -1,0 +1,319 @@
+"""`edgerestore build --tensorrt`: the decisions made without TensorRT, and the calls that reach it.
+
+TensorRT is absent here: the layout, profiles, policy, calibration-cache lookup and engine
+metadata are plain Python and tested directly; the builder layer runs against the recording
+stand-in of tests/fake_tensorrt.py, which follows TensorRT's documented Python API.
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import onnx
+import pytest
+from onnx import helper
+
+from edgerestore.calibration import trt_cache
+from edgerestore.runtime.bundle import Bundle, file_sha256
+from edgerestore.runtime.errors import EdgeRestoreError
+from edgerestore.runtime.tensorrt import calibrator, engines, policy
+from edgerestore.runtime.tensorrt.build import build_engines
+from edgerestore.runtime.tensorrt.engines import EngineInfo, Target
+from edgerestore.runtime.tensorrt.profiles import Profile, stage_profile
+
+from fake_tensorrt import fake_tensorrt
+
+ORIN = ("Orin", (8, 7))
+TRT10 = "10.3.0.30"
+TRT85 = "8.5.2.2"
+
+
+@pytest.fixture
+def bundle(small_bundle, tmp_path) -> Path:
+    """A private copy of the tiny DnCNN bundle (builds write into it)."""
+    return Path(shutil.copytree(small_bundle, tmp_path / "dncnn"))
+
+
+@pytest.fixture
+def device(monkeypatch):
+    """The GPU the fake builds and runs on."""
+    from edgerestore.runtime.tensorrt import cuda_driver
+
+    monkeypatch.setattr(cuda_driver, "device_identity", lambda ordinal=0: ORIN)
+    return ORIN
+
+
+@pytest.fixture
+def install(monkeypatch, device):
+    def install(version, dla_cores=0):
+        trt = fake_tensorrt(version, dla_cores=dla_cores)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        return trt
+    return install
+
+
+def add_int8(root: Path, trt_version=(10, 3, 0), method="entropy") -> None:
+    """Register an INT8 graph and a calibration cache for stage 'main' the way `export --int8` does.
+    The graph is the FP32 file under the int8 name: the fake builder does not parse it."""
+    shutil.copy(root / "main.onnx", root / "main.int8.onnx")
+    (root / "calib").mkdir(exist_ok=True)
+    (root / "calib" / "main.cache").write_text(trt_cache.render(trt_cache.header(trt_version, method),
+                                                                {"input": 1.0, "/model/model.1/Relu_output_0": 3.0}))
+    manifest = json.loads((root / "manifest.json").read_text())
+    stage = manifest["stages"]["main"]
+    stage["files"]["int8"] = "main.int8.onnx"
+    stage["sha256"]["int8"] = file_sha256(root / "main.int8.onnx")
+    stage["calibration_cache"] = "calib/main.cache"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+# -- without TensorRT ----------------------------------------------------------------------------
+def test_build_without_tensorrt_is_one_clear_line(run_cli, bundle, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+    result = run_cli("build", bundle, "--tensorrt", "--precision", "fp16")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: TensorRT is not installed") and result.stderr.count("\n") == 1
+    assert not (bundle / "engines").exists()
+    assert run_cli("build", bundle).stderr.startswith("error: nothing to build: pass --tensorrt")
+
+
+def test_engine_layout():
+    target = Target(TRT10, "NVIDIA GeForce RTX 4090", (8, 9))
+    root = Path("/b")
+    assert engines.engine_path(root, target, "block0.shared", "int8") == \
+        root / "engines/10.3.0.30/NVIDIA-GeForce-RTX-4090/block0.shared.int8.engine"
+    assert engines.engine_path(root, target, "main", "fp16", dla_core=1).name == "main.fp16-dla1.engine"
+    assert engines.sanitize("Orin (nvgpu)") == "Orin-nvgpu"
+    assert engines.info_path(root / "x.fp16.engine") == root / "x.fp16.json"
+    with pytest.raises(EdgeRestoreError):
+        engines.sanitize("///")
+
+
+def test_profiles_pin_tiles_and_range_the_batch():
+    image = {"input": [None, 1, None, None]}
+    assert stage_profile("main", image, 192, 16) == {"input": Profile((1, 1, 192, 192), (16, 1, 192, 192),
+                                                                      (16, 1, 192, 192))}
+    assert stage_profile("main", image, 192, 8, fixed_batch=True)["input"].min == (8, 1, 192, 192)  # DLA
+    router = {"features": [None, 16, 63, 63], "h": [None, 32], "c": [None, 32]}
+    shapes = stage_profile("pathfinder", router, 63, 4)
+    assert shapes["h"] == Profile((1, 32), (4, 32), (4, 32)) and shapes["features"].max == (4, 16, 63, 63)
+    assert stage_profile("x", {"x": [1, 3, 8, 8]}, None, 16)["x"] == Profile((1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8))
+    with pytest.raises(EdgeRestoreError, match="dynamic H/W and the bundle has no tile size to pin them: pass --tile"):
+        stage_profile("main", image, None, 16)
+    with pytest.raises(EdgeRestoreError, match="axis 1 is dynamic"):
+        stage_profile("main", {"input": [None, None, 8, 8]}, 8, 16)
+
+
+def fake_bundle(files, root="/b"):
+    stage = SimpleNamespace(files=dict.fromkeys(files, "x.onnx"))
+    return SimpleNamespace(root=Path(root), stages={"main": stage}, manifest={"stages": {"main": {}}})
+
+
+@pytest.mark.parametrize("version, precision, dla, files, expected", [
+    ((8, 5, 2), "fp32", None, ["fp32"], ("fp32", False, (), None)),
+    ((8, 5, 2), "fp16", None, ["fp32"], ("fp32", False, ("FP16",), None)),
+    ((8, 5, 2), "int8", None, ["fp32", "int8"], ("fp32", False, ("INT8",), "implicit")),
+    ((8, 5, 2), "int8", 0, ["fp32", "int8"], ("fp32", False, ("INT8", "FP16", "GPU_FALLBACK"), "implicit")),
+    ((10, 3, 0), "fp16", None, ["fp32"], ("fp32", False, ("FP16",), None)),
+    ((10, 3, 0), "fp16", 1, ["fp32"], ("fp32", False, ("FP16", "GPU_FALLBACK"), None)),
+    ((10, 3, 0), "fp16", None, ["fp32", "fp16"], ("fp16", True, (), None)),
+    ((10, 3, 0), "int8", None, ["fp32", "int8"], ("int8", True, (), "explicit")),
+    ((10, 3, 0), "int8", 0, ["fp32", "int8"], ("fp32", False, ("INT8", "FP16", "GPU_FALLBACK"), "implicit")),
+    ((11, 0, 0), "int8", 0, ["fp32", "int8"], ("int8", True, ("GPU_FALLBACK",), "explicit")),
+    ((11, 0, 0), "fp16", None, ["fp32", "fp16"], ("fp16", True, (), None)),
+    ((11, 0, 0), "fp16", None, ["fp32"], "builds FP16 only from an FP16 graph"),
+    ((10, 3, 0), "int8", None, ["fp32"], "has no int8 graph of stage 'main'.*export it with --int8"),
+    ((10, 3, 0), "fp32", 0, ["fp32"], "DLA runs FP16 and INT8 only"),
+])
+def test_policy(version, precision, dla, files, expected):
+    if isinstance(expected, str):
+        with pytest.raises(EdgeRestoreError, match=expected):
+            policy.plan_stage(fake_bundle(files), "main", precision, version, dla)
+        return
+    plan = policy.plan_stage(fake_bundle(files), "main", precision, version, dla)
+    assert (plan.source, plan.strongly_typed, plan.flags, plan.quantization) == expected
+    assert not (plan.strongly_typed and {"FP16", "INT8"} & set(plan.flags))  # strong typing takes no precision flags
+    assert (plan.calibration_cache is not None) == (plan.quantization == "implicit")
+
+
+def test_parse_version():
+    assert policy.parse_version("8.5.2.2") == (8, 5, 2) and policy.parse_version("10.3.0.30") == (10, 3, 0)
+    assert policy.parse_version("11.0") == (11, 0, 0)
+    with pytest.raises(EdgeRestoreError):
+        policy.parse_version("ten")
+
+
+def test_calibration_cache_lookup(bundle):
+    add_int8(bundle, (8, 5, 2))
+    loaded = Bundle(bundle)
+    cache = calibrator.load_cache(loaded, "main", (8, 5, 2))
+    assert cache.calibrator == "EntropyCalibration2" and cache.tensors == 2
+    assert cache.data == (bundle / "calib" / "main.cache").read_bytes()
+    with pytest.raises(EdgeRestoreError) as err:
+        calibrator.load_cache(loaded, "main", (10, 3, 0))
+    assert "written for TensorRT version 8502" in str(err.value) and "runs TensorRT 10.3.0 (100300)" in str(err.value)
+    assert "--trt-version 10.3.0" in str(err.value)
+    (bundle / "calib" / "main.cache").write_text("TRT-8502-Percentile\ninput: 3c010204\n")
+    with pytest.raises(EdgeRestoreError, match="unknown header"):
+        calibrator.load_cache(loaded, "main", (8, 5, 2))
+    (bundle / "calib" / "main.cache").unlink()
+    with pytest.raises(EdgeRestoreError, match="no calibration cache for stage 'main'"):
+        calibrator.load_cache(loaded, "main", (8, 5, 2))
+
+
+def test_calibrator_only_returns_the_cache(bundle):
+    add_int8(bundle, (8, 5, 2), method="minmax")
+    trt = fake_tensorrt(TRT85)
+    cache = calibrator.load_cache(Bundle(bundle), "main", (8, 5, 2))
+    instance = calibrator.make_calibrator(trt, cache)
+    assert isinstance(instance, trt.IInt8MinMaxCalibrator)  # the class the header names
+    assert instance.read_calibration_cache() == cache.data
+    assert instance.get_batch(["input"]) is None and instance.get_batch_size() == 1
+    assert instance.write_calibration_cache(b"other") is None
+    assert (bundle / "calib" / "main.cache").read_bytes() == cache.data
+
+
+# -- engine metadata and matching ---------------------------------------------------------------
+def write_fake_engine(root: Path, target: Target, precision="fp16", stage="main", sha=None) -> Path:
+    bundle = Bundle(root)
+    path = engines.engine_path(root, target, stage, precision)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"engine")
+    source = bundle.stages[stage]
+    engines.write_info(path, EngineInfo(stage, precision, None, target.tensorrt, target.gpu, target.compute_capability,
+                                        None, {"file": source.files["fp32"], "sha256": sha or source.sha256["fp32"]},
+                                        {"input": {"min": [1, 1, 192, 192], "opt": [16, 1, 192, 192],
+                                                   "max": [16, 1, 192, 192]}}))
+    return path
+
+
+def test_engine_of_another_tensorrt_or_gpu_is_refused(bundle):
+    built = Target(TRT85, "Orin", (8, 7))
+    path = write_fake_engine(bundle, built)
+    loaded = Bundle(bundle)
+    assert engines.find_engine(loaded, "main", "fp16", built) == (path, engines.read_info(engines.info_path(path)))
+    for running in (Target(TRT10, "Orin", (8, 7)), Target(TRT85, "Xavier", (7, 2))):
+        with pytest.raises(EdgeRestoreError) as err:
+            engines.find_engine(loaded, "main", "fp16", running)
+        message = str(err.value)
+        assert "TensorRT 8.5.2.2 on 'Orin' (sm_87)" in message and running.describe() in message
+        assert "run `edgerestore build" in message
+    # A folder copied to the wrong place: the json, not the folder name, is trusted.
+    moved = engines.engine_dir(bundle, Target(TRT10, "Orin", (8, 7)))
+    shutil.copytree(path.parent, moved)
+    with pytest.raises(EdgeRestoreError, match="it was built with TensorRT 8.5.2.2 on 'Orin' .*this machine runs "
+                                               "TensorRT 10.3.0.30 on 'Orin'"):
+        engines.find_engine(loaded, "main", "fp16", Target(TRT10, "Orin", (8, 7)))
+    # Same name, other compute capability (a different board revision): refused too.
+    with pytest.raises(EdgeRestoreError, match="sm_86"):
+        engines.find_engine(loaded, "main", "fp16", Target(TRT85, "Orin", (8, 6)))
+
+
+def test_stale_engine_and_missing_engines(bundle):
+    target = Target(TRT10, "Orin", (8, 7))
+    write_fake_engine(bundle, target, sha="0" * 64)
+    loaded = Bundle(bundle)
+    with pytest.raises(EdgeRestoreError, match="built from another export of stage 'main'"):
+        engines.find_engine(loaded, "main", "fp16", target)
+    with pytest.raises(EdgeRestoreError, match="has no int8 TensorRT engine of stage 'main'"):
+        engines.find_engine(loaded, "main", "int8", target)
+    assert engines.engine_precisions(loaded, target) == ["fp16"]
+    assert engines.engine_precisions(loaded, Target(TRT85, "Orin", (8, 7))) == []
+    assert "fp16 for TensorRT 10.3.0.30 on 'Orin'" in engines.describe_available(loaded)
+    (engines.engine_path(bundle, target, "main", "fp16")).unlink()  # an interrupted build: json without engine
+    assert engines.engine_precisions(loaded, target) == []
+
+
+# -- the builder layer against the fake ---------------------------------------------------------
+def test_build_fp16_on_tensorrt_10(install, bundle):
+    trt = install(TRT10)
+    lines = []
+    paths = build_engines(Bundle(bundle), "fp16", max_batch=8, workspace_mb=512, progress=lines.append)
+    target = Target(TRT10, *ORIN)
+    assert paths == [bundle / "engines" / "10.3.0.30" / "Orin" / "main.fp16.engine"]
+    assert lines == [f"building main (fp16, {target.describe()})"]
+    flags, parsed, config = trt.built[0]
+    assert flags == 0 and parsed == str(bundle / "main.onnx")
+    assert config.flags == ["FP16"] and config.pool == {"WORKSPACE": 512 << 20}
+    assert config.profiles[0].shapes == {"input": ((1, 1, 192, 192), (8, 1, 192, 192), (8, 1, 192, 192))}
+    assert config.int8_calibrator is None and config.default_device_type == "GPU"
+    info = engines.read_info(engines.info_path(paths[0]))
+    assert (info.tensorrt, info.gpu, info.compute_capability, info.precision) == (TRT10, "Orin", (8, 7), "fp16")
+    assert info.profile == {"input": {"min": [1, 1, 192, 192], "opt": [8, 1, 192, 192], "max": [8, 1, 192, 192]}}
+    assert info.source == {"file": "main.onnx", "sha256": Bundle(bundle).stages["main"].sha256["fp32"]}
+    assert engines.find_engine(Bundle(bundle), "main", "fp16", target)[0] == paths[0]
+    # The timing cache is stored in the bundle and fed back to the next build.
+    timing = bundle / "engines" / "10.3.0.30" / "Orin" / "timing.cache"
+    assert timing.read_bytes() == b"+"
+    build_engines(Bundle(bundle), "fp32")
+    assert trt.built[1][2].timing_cache.blob == b"+" and timing.read_bytes() == b"++"
+
+
+def test_build_int8_explicit_on_tensorrt_10(install, bundle):
+    trt = install(TRT10)
+    add_int8(bundle)
+    [path] = build_engines(Bundle(bundle), "int8")
+    flags, parsed, config = trt.built[0]
+    assert flags == 1 << 1 and parsed == str(bundle / "main.int8.onnx")  # STRONGLY_TYPED, the Q/DQ graph
+    assert config.flags == [] and config.int8_calibrator is None
+    info = engines.read_info(engines.info_path(path))
+    assert info.quantization == "explicit" and info.source["file"] == "main.int8.onnx"
+
+
+def test_build_int8_implicit_on_tensorrt_8_5(install, bundle):
+    trt = install(TRT85)
+    add_int8(bundle, (8, 5, 2))
+    [path] = build_engines(Bundle(bundle), "int8", max_batch=4)
+    flags, parsed, config = trt.built[0]
+    assert flags == 1 << 0 and parsed == str(bundle / "main.onnx")  # EXPLICIT_BATCH, the FP32 graph
+    assert config.flags == ["INT8"]
+    assert isinstance(config.int8_calibrator, trt.IInt8EntropyCalibrator2)
+    assert config.int8_calibrator.read_calibration_cache() == (bundle / "calib" / "main.cache").read_bytes()
+    assert config.int8_calibrator.get_batch(["input"]) is None
+    assert config.calibration_profile is config.profiles[0]
+    assert path == bundle / "engines" / "8.5.2.2" / "Orin" / "main.int8.engine"
+    assert engines.read_info(engines.info_path(path)).quantization == "implicit"
+
+
+def test_build_for_dla(install, bundle):
+    trt = install(TRT10, dla_cores=2)
+    add_int8(bundle, (10, 3, 0))
+    [path] = build_engines(Bundle(bundle), "int8", dla_core=1, max_batch=8)
+    flags, parsed, config = trt.built[0]
+    assert path.name == "main.int8-dla1.engine"
+    assert (config.default_device_type, config.DLA_core) == ("DLA", 1)
+    assert config.flags == ["INT8", "FP16", "GPU_FALLBACK"] and parsed == str(bundle / "main.onnx")
+    assert config.profiles[0].shapes["input"][0] == (8, 1, 192, 192)  # static batch
+    assert engines.find_engine(Bundle(bundle), "main", "int8", Target(TRT10, *ORIN))[0] == path
+    with pytest.raises(EdgeRestoreError, match="this device has 2 DLA cores"):
+        build_engines(Bundle(bundle), "int8", dla_core=2)
+    with pytest.raises(EdgeRestoreError, match="exceeds what DLA runs"):
+        build_engines(Bundle(bundle), "int8", dla_core=0, max_batch=64)
+    with pytest.raises(EdgeRestoreError, match="DLA runs FP16 and INT8 only"):
+        build_engines(Bundle(bundle), "fp32", dla_core=0)
+
+
+def test_build_refuses_a_bundle_that_fails_the_check(install, bundle):
+    trt = install(TRT10)
+    onnx.save(helper.make_model(helper.make_graph(
+        [helper.make_node("NonZero", ["input"], ["output"], name="nz")], "g",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["b", 1, "h", "w"])],
+        [helper.make_tensor_value_info("output", onnx.TensorProto.INT64, None)]),
+        opset_imports=[helper.make_opsetid("", 17)]), str(bundle / "main.onnx"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["stages"]["main"]["sha256"]["fp32"] = file_sha256(bundle / "main.onnx")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgeRestoreError, match=r"fails the TensorRT check \(1 errors.*nz \(NonZero\)"):
+        build_engines(Bundle(bundle), "fp16")
+    assert trt.built == [] and not (bundle / "engines").exists()
+
+
+def test_build_cli_with_the_fake(install, bundle, run_cli):
+    install(TRT10)
+    result = run_cli("build", bundle, "--tensorrt", "--precision", "fp16", "--max-batch", "4", "--tile", "96")
+    assert result.exit_code == 0, result.output
+    engine = Path(result.stdout.strip())
+    assert engine == bundle / "engines" / "10.3.0.30" / "Orin" / "main.fp16.engine" and engine.is_file()
+    assert engines.read_info(engines.info_path(engine)).profile["input"]["max"] == [4, 1, 96, 96]
