@@ -216,6 +216,22 @@ def test_training_runs_and_resumes(tmp_path):
     assert model.parameter_counts()["pathfinder"] == 29_534
 
 
+def test_train_command_writes_a_checkpoint_and_logs_without_a_terminal(tmp_path, run_cli):
+    import cv2
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        cv2.imwrite(str(data / f"{i}.png"), (rng.random((70, 70, 3)) * 255).astype(np.uint8))
+    out = tmp_path / "pr.pth"
+    result = run_cli("train", "pathrestore", "--data", data, "-o", out, "--stage1-steps", "1", "--stage2-steps", "1",
+                     "--batch", "2", "--samples", "2")
+    assert result.exit_code == 0, result.output
+    assert "step 2/2" in result.stderr and "stage 2" in result.stderr
+    assert create_model("pathrestore", weights=out).provenance["checkpoint_kind"] == "edgerestore"
+
+
 def test_reinforce_rewards_complex_blocks_only_where_they_pay():
     """Tiles where the complex path beats the bypass path by more than the penalty learn to
     take it; tiles where it gains nothing learn to bypass."""
@@ -224,16 +240,18 @@ def test_reinforce_rewards_complex_blocks_only_where_they_pay():
     from edgerestore.models.train.pathrestore import SCALE, reinforce_loss
 
     torch.manual_seed(0)
-    n, blocks = 512, 6
+    tiles, samples, blocks = 128, 4, 6
+    n = tiles * samples
     logits = torch.zeros(n, blocks, 2, requires_grad=True)
     dist = torch.distributions.Categorical(logits=logits)
     actions = dist.sample()
-    hard = torch.arange(n) < n // 2
-    mse_bypass = torch.where(hard, 100.0, 5.0) / SCALE
+    hard = (torch.arange(n) // samples) < tiles // 2  # consecutive rows: one tile's paths
+    mse_in = torch.where(hard, 400.0, 25.0) / SCALE
+    bypass = torch.where(hard, 100.0, 5.0) / SCALE
     # each complex block removes 3 units of MSE on a hard tile, nothing on an easy one
-    mse_out = mse_bypass - torch.where(hard, 3.0, 0.0) * actions.sum(1) / SCALE
+    mse_out = bypass - torch.where(hard, 3.0, 0.0) * actions.sum(1) / SCALE
     loss = reinforce_loss(actions, list(dist.log_prob(actions).unbind(1)), list(dist.entropy().unbind(1)),
-                          mse_out, mse_bypass, penalty=0.5, entropy_weight=0.0)
+                          mse_in, mse_out, samples, penalty=0.5, entropy_weight=0.0)
     loss.backward()
     push_complex = -(logits.grad[..., 1] - logits.grad[..., 0])  # gradient descent direction
     assert push_complex[hard].mean() > 0 > push_complex[~hard].mean()

@@ -1,12 +1,44 @@
-"""``edgerestore train pathrestore --data DIR -o CKPT``."""
+"""``edgerestore train MODEL ...``: one subcommand per trainable model."""
 
 from __future__ import annotations
+
+import sys
+from typing import Callable
 
 import click
 
 
-@click.command("train")
-@click.argument("model", type=click.Choice(["pathrestore"]))
+@click.group("train")
+def train_command() -> None:
+    """Train a model's checkpoint on the CPU; rerun the same command to resume."""
+
+
+def training_progress(total: int, describe: Callable[[dict], str]):
+    """A rich progress bar on a terminal; elsewhere (nohup, CI logs) one line every 50 steps,
+    so a long run under a pipe still shows where it is. Use as a context manager that
+    yields the ``progress(step_info)`` callback the trainers take."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    @contextmanager
+    def context():
+        if not sys.stderr.isatty():
+            def report(s: dict) -> None:
+                if s["step"] % 50 == 0 or s["step"] == total:
+                    click.echo(f"step {s['step']}/{total} ({s['seconds']:.0f} s): {describe(s)}", err=True)
+
+            yield report
+            return
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeRemainingColumn(), TextColumn("{task.fields[info]}")) as bar:
+            task = bar.add_task("training", total=total, info="")
+            yield lambda s: bar.update(task, completed=s["step"], info=describe(s))
+
+    return context()
+
+
+@train_command.command("pathrestore")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of clean training images (noise is synthesized on the fly).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
@@ -16,6 +48,8 @@ import click
 @click.option("--stage2-steps", type=click.IntRange(0), default=1000, show_default=True,
               help="Steps of stage II (pathfinder by REINFORCE, jointly with the network).")
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="63x63 patches per step.")
+@click.option("--samples", type=click.IntRange(2), default=4, show_default=True,
+              help="Stage II: sampled paths per patch (each path is compared with the patch's other paths).")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Network learning rate (cosine decay).")
 @click.option("--penalty", type=float, default=0.5, show_default=True,
               help="Cost p of each complex block in the reward (8-bit MSE units): larger = more bypass.")
@@ -28,25 +62,16 @@ import click
               help="Blind noise range for the synthesized training noise.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-bf16", is_flag=True, help="Train in fp32 (bf16 autocast is the default on CPUs that have it).")
-def train_command(model, data, output, stage1_steps, stage2_steps, batch, lr, penalty, entropy, pathfinder_lr,
-                  stage2_network_lr, sigma, seed,
-                  no_bf16):
-    """Train MODEL on an image folder; rerun the same command to resume."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
+def pathrestore_command(data, output, stage1_steps, stage2_steps, batch, samples, lr, penalty, entropy, pathfinder_lr,
+                        stage2_network_lr, sigma, seed, no_bf16):
+    """Path-Restore: stage I (random paths), then stage II (pathfinder by REINFORCE)."""
     from .pathrestore import TrainConfig, train
 
     config = TrainConfig(data=data, output=output, stage1_steps=stage1_steps, stage2_steps=stage2_steps,
-                         batch=batch, lr=lr, penalty=penalty, entropy=entropy, pathfinder_lr=pathfinder_lr,
-                         stage2_network_lr=stage2_network_lr, sigma_lo=sigma[0], sigma_hi=sigma[1], seed=seed,
-                         bf16=not no_bf16)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), TextColumn("{task.fields[info]}")) as bar:
-        task = bar.add_task("training", total=stage1_steps + stage2_steps, info="")
-
-        def report(s):
-            bar.update(task, completed=s["step"], description=f"stage {s['stage']}",
-                       info=f"PSNR {s['psnr']:.2f} dB, complex {s['complex']:.0%}")
-
+                         batch=batch, samples=samples, lr=lr, penalty=penalty, entropy=entropy,
+                         pathfinder_lr=pathfinder_lr, stage2_network_lr=stage2_network_lr, sigma_lo=sigma[0],
+                         sigma_hi=sigma[1], seed=seed, bf16=not no_bf16)
+    describe = lambda s: f"stage {s['stage']}, PSNR {s['psnr']:.2f} dB, complex {s['complex']:.0%}"
+    with training_progress(stage1_steps + stage2_steps, describe) as report:
         path = train(config, progress=report)
     click.echo(f"wrote {path}")

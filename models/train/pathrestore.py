@@ -1,17 +1,20 @@
 """Path-Restore training, as in the paper: stage I trains the multi-path network with a
-random path policy; stage II trains the pathfinder by REINFORCE jointly with the network.
+random path policy; stage II trains the pathfinder by REINFORCE (jointly with the network
+unless its stage-II learning rate is 0).
 
 Reward at block i: ``-p * [a_i = complex]``; at the last block additionally
 ``d * (mse_in - mse_out)`` (the tile's restoration gain, in 8-bit MSE units), with the
-difficulty ``d`` proportional to the tile's output MSE (hard tiles weigh more).
-``p`` trades quality for compute.
+difficulty ``d`` proportional to the tile's MSE (hard tiles weigh more). ``p`` trades
+quality for compute.
 
 Variance: tiles differ far more in difficulty than one block's choice changes their loss,
-so the quality term is taken relative to the same tile through the all-bypass path (a
-no-grad pass; it does not depend on the sampled actions, so the gradient stays unbiased).
-Without it the penalty is the only signal the pathfinder can pick out and it learns to
-bypass everywhere. Checkpoints are resumable: the state file holds
-model, optimiser, RNG and progress, rewritten atomically every ``save_every`` steps.
+and a batch-mean baseline leaves that difference in every advantage; measured here, the
+pathfinder then learned a constant policy (all bypass or all complex, whatever the noise).
+So each tile is rolled out along ``samples`` sampled paths and each path's return is
+compared with the mean return of the tile's other paths (a leave-one-out baseline: it does
+not depend on the path it is compared with, so the gradient stays unbiased), which leaves
+only what the actions changed. Checkpoints are resumable: the state file holds model,
+optimisers, RNG and progress, rewritten atomically every ``save_every`` steps.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class TrainConfig:
     # bypass lets the network adapt to bypass, which makes the branches worse, which makes
     # bypass better - measured here, it collapsed to 0% complex blocks.
     stage2_network_lr: float = 0.2
+    samples: int = 4  # stage II: each of the batch's tiles is rolled out along this many sampled paths
     penalty: float = 0.5
     entropy: float = 0.002
     sigma_lo: float = 5.0
@@ -90,8 +94,7 @@ def init_pathfinder(model: PathRestore) -> None:
 
 
 def rollout(model: PathRestore, noisy: torch.Tensor, policy: str):
-    """One pass with sampled actions: ``random`` (stage I), the pathfinder's (stage II), or
-    ``bypass`` everywhere (stage II's per-tile baseline)."""
+    """One pass with sampled actions: ``random`` (stage I) or the pathfinder's (stage II)."""
     f = model.head(noisy)
     h = noisy.new_zeros(len(noisy), model.units)
     c = noisy.new_zeros(len(noisy), model.units)
@@ -99,8 +102,6 @@ def rollout(model: PathRestore, noisy: torch.Tensor, policy: str):
     for i in range(model.blocks):
         if policy == "random":
             a = torch.randint(0, 2, (len(noisy),))
-        elif policy == "bypass":
-            a = torch.zeros(len(noisy), dtype=torch.long)
         else:
             logits, h, c = model.pathfinder(f, h, c)
             dist = torch.distributions.Categorical(logits=logits.float())
@@ -115,17 +116,20 @@ def rollout(model: PathRestore, noisy: torch.Tensor, policy: str):
     return model.tail(F.relu(f)), torch.stack(actions, 1), log_probs, entropies
 
 
-def reinforce_loss(actions, log_probs, entropies, mse_out, mse_bypass, penalty: float,
+def reinforce_loss(actions, log_probs, entropies, mse_in, mse_out, samples: int, penalty: float,
                    entropy_weight: float) -> torch.Tensor:
-    difficulty = (mse_out / mse_out.mean()).detach()
-    # Rewards-to-go. The gain is measured against the tile's all-bypass output instead of
-    # its input: both references are action-independent (same expected gradient), the
-    # bypass one removes most of the per-tile variance. A batch-mean baseline per block
-    # and normalisation do the rest.
-    cost_to_go = penalty * actions.float().flip(1).cumsum(1).flip(1)
-    gain = (mse_bypass - mse_out).detach() * SCALE
-    returns = -cost_to_go + (difficulty * gain)[:, None]
-    advantage = returns - returns.mean(0, keepdim=True)
+    """REINFORCE loss for ``samples`` consecutive rollouts of each tile (rows ``k*samples ..``).
+
+    Returns-to-go per block: ``-p * (complex blocks from here on) + d * gain``; the
+    advantage of a path is its return minus the mean return of the tile's other paths."""
+    tiles = len(actions) // samples
+    mse_in, mse_out = mse_in.detach().view(tiles, samples), mse_out.detach().view(tiles, samples)
+    difficulty = mse_out.mean(1, keepdim=True) / mse_out.mean()  # one weight per tile, not per path
+    gain = (mse_in - mse_out) * SCALE
+    cost_to_go = penalty * actions.float().flip(1).cumsum(1).flip(1).view(tiles, samples, -1)
+    returns = -cost_to_go + (difficulty * gain)[..., None]
+    others = (returns.sum(1, keepdim=True) - returns) / (samples - 1)
+    advantage = (returns - others).view(tiles * samples, -1)
     advantage = advantage / (advantage.std() + 1e-8)
     log_prob = torch.stack(log_probs, 1)
     return -(log_prob * advantage).mean() - entropy_weight * torch.stack(entropies, 1).mean()
@@ -165,7 +169,10 @@ def train(config: TrainConfig, progress: Callable[[dict], None] = lambda _: None
         scale = 1.0 if stage == 1 else config.stage2_network_lr
         for group in net_opt.param_groups:
             group["lr"] = config.lr * (0.5 + 0.5 * np.cos(np.pi * offset / max(length, 1))) * scale
-        noisy, clean = data.batch(config.batch)
+        if stage == 1:
+            noisy, clean = data.batch(config.batch)
+        else:  # the same tile along several sampled paths
+            noisy, clean = (t.repeat_interleave(config.samples, 0) for t in data.batch(config.batch))
         train_network = stage == 1 or config.stage2_network_lr > 0
         for parameter in trunk:
             parameter.requires_grad_(train_network)
@@ -174,11 +181,9 @@ def train(config: TrainConfig, progress: Callable[[dict], None] = lambda _: None
         mse_out = ((out.float() - clean) ** 2).mean((1, 2, 3))
         loss = mse_out.mean()
         if stage == 2:
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                base, *_ = rollout(model, noisy, "bypass")
-            mse_bypass = ((base.float() - clean) ** 2).mean((1, 2, 3))
-            loss = loss + reinforce_loss(actions, log_probs, entropies, mse_out, mse_bypass, config.penalty,
-                                         config.entropy)
+            mse_in = ((noisy - clean) ** 2).mean((1, 2, 3))
+            loss = loss + reinforce_loss(actions, log_probs, entropies, mse_in, mse_out, config.samples,
+                                         config.penalty, config.entropy)
         net_opt.zero_grad()
         pf_opt.zero_grad()
         loss.backward()
