@@ -51,5 +51,5 @@ def test_beats_non_local_means_and_routes(shipped):
     noisy8 = np.ascontiguousarray(imageio.from_float(noisy, 8)[..., ::-1])
     nlm = max(metrics.psnr(cv2.fastNlMeansDenoisingColored(noisy8, None, h, h, 7, 21)[..., ::-1], truth)
               for h in (10, 15, 20))
-    assert ours >= nlm + 1.0, (ours, nlm)
+    assert ours >= nlm + 1.5, (ours, nlm)  # the acceptance margin (benchmarks/pathrestore_quality.py: all of McMaster)
     assert 0.0 < restorer.route.cheap_share(restorer.bundle.plan) < 1.0

@@ -41,24 +41,24 @@ SCALE = 255.0 ** 2  # rewards in 8-bit MSE units
 class TrainConfig:
     data: str
     output: str
-    stage1_steps: int = 2000
-    stage2_steps: int = 1000
+    stage1_steps: int = 2500
+    stage2_steps: int = 400
     batch: int = 16
     lr: float = 1e-3
-    pathfinder_lr: float = 1e-3
+    pathfinder_lr: float = 3e-4
     # Network learning rate in stage II as a fraction of --lr; 0 freezes the network so only
     # the pathfinder learns. Joint training (the paper's) needs a network trained long enough
     # that the branches keep their value: after a short stage I, a policy drifting towards
     # bypass lets the network adapt to bypass, which makes the branches worse, which makes
     # bypass better - measured here, it collapsed to 0% complex blocks.
-    stage2_network_lr: float = 0.2
+    stage2_network_lr: float = 0.0
     samples: int = 4  # stage II: each of the batch's tiles is rolled out along this many sampled paths
-    penalty: float = 0.5
-    entropy: float = 0.002
+    penalty: float = 0.06
+    entropy: float = 0.01
     sigma_lo: float = 5.0
     sigma_hi: float = 50.0
     seed: int = 0
-    bf16: bool = True  # autocast on CPUs with bf16 units: ~2x faster, fp32 master weights
+    bf16: bool = True  # stage I autocast on CPUs with bf16 units: ~2x faster, fp32 master weights
     save_every: int = 50
 
 
@@ -80,17 +80,35 @@ def identity_init(model: PathRestore) -> None:
             block.conv2.bias.zero_()
 
 
-def init_pathfinder(model: PathRestore) -> None:
-    """He-normal weights and small positive biases for the pathfinder's ReLU layers.
+# 5x5 discrete Laplacian-of-Gaussian: zero DC response, so its rectified output measures
+# local high-frequency energy (noise and fine texture) rather than brightness.
+_LOG5 = torch.tensor([[0, 0, -1, 0, 0], [0, -1, -2, -1, 0], [-1, -2, 16, -2, -1], [0, -1, -2, -1, 0],
+                      [0, 0, -1, 0, 0]], dtype=torch.float32) / 16
 
-    With PyTorch's default init on the 64->4 conv, three of its four channels and then all
-    24 of the next conv were dead on the trained network's features: the logits did not
-    depend on the tile and REINFORCE could only learn a constant bias."""
+
+def init_pathfinder(model: PathRestore, seed: int = 0) -> None:
+    """Start the pathfinder as a local noise-energy detector, so REINFORCE has tile-dependent
+    features to credit from its first step.
+
+    conv1's four filters are +-LoG on the image channels the head carries through
+    (:func:`identity_init` makes the head's first channels copy the input), so after the ReLU
+    they are rectified high-pass responses; conv2 starts as small positive averages of them;
+    the FC layer is He-normal. Measured on the shipped checkpoint's stage-I network: with
+    He-normal convs the pathfinder's logits varied by under 0.01 across tiles of sigma 5 to 50
+    and REINFORCE learned only a constant bias (all bypass or all complex, depending on the
+    penalty); given labels, it told sigma > 25 from sigma < 25 on 67% of held-out tiles after
+    150 steps, against 91% from this start."""
+    generator = torch.Generator().manual_seed(seed)
+    pf = model.pathfinder
     with torch.no_grad():
-        pf = model.pathfinder
-        for layer in (pf.conv1, pf.conv2, pf.fc):
-            torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            layer.bias.fill_(0.1)
+        pf.conv1.weight.zero_()
+        pf.conv1.bias.zero_()
+        for o in range(pf.conv1.out_channels):
+            pf.conv1.weight[o, o % model.channels] = _LOG5 * (1.0 if o < model.channels else -1.0)
+        pf.conv2.weight.copy_(torch.rand(pf.conv2.weight.shape, generator=generator) * 2 / pf.conv2.weight[0].numel())
+        pf.conv2.bias.zero_()
+        torch.nn.init.kaiming_normal_(pf.fc.weight, nonlinearity="relu", generator=generator)
+        pf.fc.bias.zero_()
 
 
 def rollout(model: PathRestore, noisy: torch.Tensor, policy: str):
@@ -129,8 +147,12 @@ def reinforce_loss(actions, log_probs, entropies, mse_in, mse_out, samples: int,
     cost_to_go = penalty * actions.float().flip(1).cumsum(1).flip(1).view(tiles, samples, -1)
     returns = -cost_to_go + (difficulty * gain)[..., None]
     others = (returns.sum(1, keepdim=True) - returns) / (samples - 1)
-    advantage = (returns - others).view(tiles * samples, -1)
-    advantage = advantage / (advantage.std() + 1e-8)
+    # Scaled per tile: the reward decides which paths a tile prefers, and each tile's
+    # preference then counts alike. Scaled over the batch, the few noisy, textured tiles
+    # (gains 100x those of flat ones) decided every update, and each such run here ended
+    # with a constant policy.
+    advantage = returns - others
+    advantage = (advantage / (advantage.std(dim=(1, 2), keepdim=True) + 1e-6)).view(tiles * samples, -1)
     log_prob = torch.stack(log_probs, 1)
     return -(log_prob * advantage).mean() - entropy_weight * torch.stack(entropies, 1).mean()
 
@@ -163,7 +185,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] = lambda _: None
         start = time.perf_counter()
         stage = 1 if step < config.stage1_steps else 2
         if stage == 2 and not pf_opt.state:  # the pathfinder starts learning now
-            init_pathfinder(model)
+            init_pathfinder(model, config.seed)
         # cosine decay within each stage
         length, offset = (config.stage1_steps, step) if stage == 1 else (config.stage2_steps, step - config.stage1_steps)
         scale = 1.0 if stage == 1 else config.stage2_network_lr
@@ -176,7 +198,9 @@ def train(config: TrainConfig, progress: Callable[[dict], None] = lambda _: None
         train_network = stage == 1 or config.stage2_network_lr > 0
         for parameter in trunk:
             parameter.requires_grad_(train_network)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+        # Stage II runs in float32: one block changes a tile's MSE by a few tenths of an 8-bit
+        # unit, about what bf16's 3 significant digits change it by.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16 and stage == 1):
             out, actions, log_probs, entropies = rollout(model, noisy, "random" if stage == 1 else "pathfinder")
         mse_out = ((out.float() - clean) ** 2).mean((1, 2, 3))
         loss = mse_out.mean()
