@@ -1,7 +1,9 @@
 """Which layers stay FP32.
 
 Default: the first convolution of the first stage the plan runs and the last
-convolution of the stage that writes the output image. Restoration networks lose most
+convolution of each stage that can write the output image last (one stage for a chain;
+every alternative branch of a final switch, e.g. each degradation's network of an
+all-in-one model). Restoration networks lose most
 where an INT8 grid meets pixel values directly (the input's fine noise, the output's
 bright values); users of TensorRT report the same.
 
@@ -30,10 +32,11 @@ Layer = tuple[str, str]  # (stage, node)
 
 
 def plan_runs(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Every ``run`` step of a plan in execution order, through nested branches."""
+    """Every ``run`` step of a plan in execution order, through nested branches and loop bodies."""
     for step in steps:
         if step.get("op") == "run":
             yield step
+        yield from plan_runs(step.get("body", []))
         for branch in step.get("branches", []):
             yield from plan_runs(branch.get("steps", []))
 
@@ -49,16 +52,41 @@ def all_layers(bundle: Bundle) -> list[Layer]:
     return layers
 
 
+def last_writers(steps: list[dict[str, Any]], var: str) -> tuple[list[str], bool]:
+    """Stages whose run can be the last to write ``var`` in ``steps``, and whether every path
+    through ``steps`` writes it (if not, a writer before ``steps`` can be the last one too)."""
+    found: list[str] = []
+
+    def add(stages: list[str]) -> None:
+        found.extend(s for s in stages if s not in found)
+
+    for step in reversed(steps):
+        if step.get("op") == "run" and var in step.get("out", {}).values():
+            add([step["stage"]])
+            return found, True
+        if step.get("op") == "loop":
+            stages, whole = last_writers(step.get("body", []), var)
+            add(stages)
+            if whole and step.get("values"):
+                return found, True
+        elif step.get("op") == "switch":
+            results = [last_writers(b.get("steps", []), var) for b in step["branches"]]
+            for stages, _ in results:
+                add(stages)
+            if all(whole and not b.get("stop") for (_, whole), b in zip(results, step["branches"])):
+                return found, True
+    return found, False
+
+
 def default_fp32_layers(bundle: Bundle) -> list[Layer]:
     runs = list(plan_runs(bundle.plan))
     first = runs[0]["stage"]
-    output = bundle.io.get("output", "image")
-    last = [step["stage"] for step in runs if output in step.get("out", {}).values()][-1]
     first_nodes = compute_nodes(bundle.stage_path(first, "fp32"))
-    last_nodes = compute_nodes(bundle.stage_path(last, "fp32"))
     layers = [(first, first_nodes[0])] if first_nodes else []
-    if last_nodes and (last, last_nodes[-1]) not in layers:
-        layers.append((last, last_nodes[-1]))
+    for last in last_writers(bundle.plan, bundle.io.get("output", "image"))[0]:
+        last_nodes = compute_nodes(bundle.stage_path(last, "fp32"))
+        if last_nodes and (last, last_nodes[-1]) not in layers:
+            layers.append((last, last_nodes[-1]))
     return layers
 
 

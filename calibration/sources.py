@@ -11,7 +11,9 @@ The folder sources shuffle the file list once (seeded), take the first ``count``
 for calibration and the next ``holdout`` files for the accuracy check, and cut one
 random ``crop`` x ``crop`` window from each calibration image (a window of up to
 256 x 256 from each held-out one), so export time does not grow with the folder and the
-two sets never share an image.
+two sets never share an image. ``degrade_spec`` may list alternatives separated by commas
+(``rain:0.002,blur:2,gaussian:25``): image ``i`` of each set gets the ``i % n``-th, so a
+model that routes by degradation is calibrated (and checked) on all of them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from edgerestore.runtime.errors import EdgeRestoreError
 @dataclass(frozen=True)
 class Sample:
     name: str
-    degraded: np.ndarray  # HxWxC float32, the model's input range
+    degraded: np.ndarray  # HxWxC float32 in [0, 1] (the restorer maps it to the model's range)
     clean: np.ndarray | None  # HxWxC float64 target (None: usable for scales, not for accuracy)
 
 
@@ -68,7 +70,7 @@ class FolderSplit:
     """Calibration and held-out crops drawn from one folder (see the module docstring)."""
 
     folder: Path
-    degrade_spec: str | None = None  # clean images in ``folder``, degraded on the fly
+    degrade_spec: str | None = None  # clean images in ``folder``, degraded on the fly (comma: alternatives)
     gt: Path | None = None  # or: degraded images in ``folder``, clean ones of the same names here
     count: int = 32
     holdout: int = 16
@@ -79,11 +81,15 @@ class FolderSplit:
         if (self.degrade_spec is None) == (self.gt is None):
             raise EdgeRestoreError("calibration needs ground truth for its accuracy check: give exactly one of "
                                    "--calib-degrade SPEC (clean images in --calib) or --calib-gt DIR")
-        if self.degrade_spec is not None:
-            degrade.parse(self.degrade_spec)  # a bad spec fails before any work
+        for spec in self.specs():
+            degrade.parse(spec)  # a bad spec fails before any work
         if self.count < 1 or self.holdout < 0 or self.crop < 1:
             raise EdgeRestoreError(f"need --calib-images >= 1 and a positive crop, got {self.count} and {self.crop}")
         self._files()  # an empty or missing folder fails before any export work
+
+    def specs(self) -> list[str]:
+        """The degradation alternatives, in the order images cycle through them."""
+        return [] if self.degrade_spec is None else [part.strip() for part in self.degrade_spec.split(",")]
 
     def _files(self) -> tuple[list[Path], list[Path]]:
         try:
@@ -133,5 +139,6 @@ class FolderSplit:
             degraded = degraded[window]
         else:
             # Seeded per image (not per crop position), like the evaluation protocol.
-            degraded = degrade.parse(self.degrade_spec, seed=index).apply(clean).astype(np.float32)
+            specs = self.specs()
+            degraded = degrade.parse(specs[index % len(specs)], seed=index).apply(clean).astype(np.float32)
         return Sample(path.name, np.ascontiguousarray(degraded, np.float32), clean)

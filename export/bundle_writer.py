@@ -87,7 +87,7 @@ def write_bundle(model: RestorationModel, name: str, output: Path,
                 "macs_per_pixel": stage.macs_per_pixel,
                 "macs_per_call": stage.macs_per_call,
             }
-        manifest = build_manifest(model, name, stages, split.plan, split.initial, report.parity)
+        manifest = build_manifest(model, name, stages, split.plan, split.initial, report.parity, split.output)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if int8 is not None:
             from edgerestore.calibration.int8 import add_int8
@@ -99,16 +99,16 @@ def write_bundle(model: RestorationModel, name: str, output: Path,
 
 
 def build_manifest(model: RestorationModel, name: str, stages: dict[str, Any], plan: list[dict[str, Any]],
-                   initial: dict[str, Any], parity: list[Parity]) -> dict[str, Any]:
+                   initial: dict[str, Any], parity: list[Parity], output: str = "image") -> dict[str, Any]:
     low, high = model.value_range
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": {"name": name, "arch": model.arch, "config": model.config()},
         "io": {
-            "input": "image", "output": "image", "layout": "NCHW", "dtype": "float32",
+            "input": "image", "output": output, "layout": "NCHW", "dtype": "float32",
             "channels": model.channels, "range": [low, high],
-            "size_multiple": model.size_multiple, "scale": model.scale,
+            "size_multiple": model.size_multiple, "scale": model.scale, "pad": model.pad_mode,
         },
         "receptive_field": model.receptive_field,
         "tiling": model.default_tiling().to_json(),

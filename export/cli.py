@@ -25,7 +25,8 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")  # edgerestore.
               help="--int8: folder of calibration images (clean with --calib-degrade, degraded with --calib-gt). "
                    "Some are held out to check the INT8 result.")
 @click.option("--calib-degrade", "calib_degrade", default=None,
-              help="--int8: degradation spec applied to the --calib images, e.g. gaussian:25.")
+              help="--int8: degradation spec applied to the --calib images, e.g. gaussian:25; comma-separated "
+                   "alternatives take turns over the images (rain:0.002,blur:2,gaussian:25).")
 @click.option("--calib-gt", "calib_gt", type=click.Path(path_type=Path), default=None,
               help="--int8: clean images with the same names as the (degraded) --calib images.")
 @click.option("--calib-images", type=click.IntRange(1), default=32, show_default=True,

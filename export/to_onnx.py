@@ -18,12 +18,20 @@ OPSET = 17
 _EXAMPLE_HW = (72, 88)
 
 
+def example_size(multiple: int) -> tuple[int, int]:
+    """``_EXAMPLE_HW`` rounded up to ``multiple`` and still unequal (and no power of two for
+    the multiples our models have)."""
+    h, w = (-(-v // multiple) * multiple for v in _EXAMPLE_HW)
+    return (h, w + 2 * multiple) if h == w else (h, w)
+
+
 def example_inputs(stage: StageGraph, batch: int = 2, generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """Deterministic sample inputs matching the stage's specs (batch > 1 on purpose)."""
     generator = generator or torch.Generator().manual_seed(0)
+    size = example_size(stage.size_multiple)
     tensors = []
     for spec in stage.inputs:
-        dims, spatial = [], iter(_EXAMPLE_HW)
+        dims, spatial = [], iter(v // spec.divisor for v in size)
         for d in spec.shape:
             dims.append(next(spatial) if d is None else d)
         x = torch.rand(batch, *dims, generator=generator) if spec.kind == "image" else torch.randn(batch, *dims, generator=generator)

@@ -25,9 +25,13 @@ class TensorSpec:
     name: str
     shape: tuple[int | None, ...]
     kind: str = "features"  # "image" | "features" | "state" | "logits"
+    # Dynamic spatial axes are the stage's image size divided by this (a recurrent state
+    # kept at a bottleneck's resolution); export samples inputs of consistent sizes.
+    divisor: int = 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "kind": self.kind}
+        spec = {"name": self.name, "shape": list(self.shape), "kind": self.kind}
+        return {**spec, "divisor": self.divisor} if self.divisor != 1 else spec
 
 
 @dataclass
@@ -42,6 +46,8 @@ class StageGraph:
     # runtime reports executed compute from these without knowing the architecture.
     macs_per_pixel: float = 0.0
     macs_per_call: float = 0.0
+    # Spatial sizes the stage accepts are multiples of this (strided layers, FPN adds).
+    size_multiple: int = 1
 
 
 @dataclass
@@ -52,6 +58,8 @@ class StagePlan:
     plan: list[dict[str, Any]]
     # Tensors the plan expects before its first step, besides "image".
     initial: dict[str, Any] = field(default_factory=dict)
+    # The plan variable holding the restored image when the plan ends.
+    output: str = "image"
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,14 @@ class Tiling:
     halo: int
     ramp: int = 5
     fixed: bool = False  # the stages only accept this tile size (routers with FC layers)
+    # Run whole images unless the user asks for tiles: the output depends on the whole
+    # image (per-image normalization statistics, a coarse-to-fine pyramid), so tiles would
+    # change it. ``tile``/``overlap`` are then what ``--tile`` without ``--overlap`` uses.
+    whole: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"tile": self.tile, "overlap": self.overlap, "halo": self.halo,
-                "ramp": self.ramp, "fixed": self.fixed}
+                "ramp": self.ramp, "fixed": self.fixed, "whole": self.whole}
 
 
 class RestorationModel(nn.Module):
@@ -77,6 +89,9 @@ class RestorationModel(nn.Module):
     value_range: tuple[float, float] = (0.0, 1.0)
     size_multiple: int = 1
     scale: int = 1
+    # How whole images are padded up to the size multiple: "reflect", or "constant"
+    # (zeros in the model's value range, as an official predictor pads).
+    pad_mode: str = "reflect"
 
     # Set by subclasses in __init__.
     channels: int
@@ -98,7 +113,7 @@ class RestorationModel(nn.Module):
         return StagePlan(
             stages=[StageGraph("main", self, [TensorSpec("input", (c, None, None), "image")],
                                [TensorSpec("output", (c, None, None), "image")],
-                               macs_per_pixel=self.macs_per_pixel())],
+                               macs_per_pixel=self.macs_per_pixel(), size_multiple=self.size_multiple)],
             plan=[{"op": "run", "stage": "main", "in": {"input": "image"}, "out": {"output": "image"}}],
         )
 
@@ -109,6 +124,29 @@ class RestorationModel(nn.Module):
             if isinstance(m, nn.Conv2d):
                 total += m.in_channels // m.groups * m.out_channels * m.kernel_size[0] * m.kernel_size[1]
         return float(total)
+
+    @staticmethod
+    def measured_macs_per_pixel(module: nn.Module, *inputs: torch.Tensor) -> float:
+        """Convolution MACs of one call of ``module`` on ``inputs``, per pixel of the first
+        input: counted per call (weights shared by several calls count each time) at the
+        resolution each layer actually runs (strided, transposed, depthwise)."""
+        total = [0.0]
+
+        def count(m: nn.Module, args, out) -> None:
+            k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels * m.out_channels / m.groups
+            pixels = args[0].shape[-2] * args[0].shape[-1] if isinstance(m, nn.ConvTranspose2d) else \
+                out.shape[-2] * out.shape[-1]
+            total[0] += k * pixels
+
+        hooks = [m.register_forward_hook(count) for m in module.modules()
+                 if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        try:
+            with torch.no_grad():
+                module(*inputs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return total[0] / (inputs[0].shape[-2] * inputs[0].shape[-1])
 
     @classmethod
     def read_checkpoint(cls, path) -> "Checkpoint":

@@ -18,7 +18,8 @@ def describe_all() -> list[dict]:
             "name": entry.name, "arch": model.arch, "description": entry.description,
             "channels": model.channels, "range": list(model.value_range), "scale": model.scale,
             "size_multiple": model.size_multiple, "receptive_field": model.receptive_field,
-            "tile": tiling.tile, "overlap": tiling.overlap, "stages": len(model.stage_plan().stages),
+            "tile": tiling.tile, "overlap": tiling.overlap, "whole": tiling.whole,
+            "stages": len(model.stage_plan().stages),
             "shipped_weights": entry.default_weights is not None,
             "parameters": sum(p.numel() for p in model.parameters()),
             **({"parameter_counts": model.parameter_counts()} if hasattr(model, "parameter_counts") else {}),
@@ -42,7 +43,8 @@ def models_command(as_json: bool) -> None:
         column.no_wrap = True
     for r in rows:
         table.add_row(r["name"], str(r["channels"]), f"{r['range'][0]:g}..{r['range'][1]:g}", str(r["size_multiple"]),
-                      str(r["receptive_field"]), f"{r['tile']}/{r['overlap']}", str(r["stages"]), _params(r),
+                      str(r["receptive_field"]), "whole" if r["whole"] else f"{r['tile']}/{r['overlap']}",
+                      str(r["stages"]), _params(r),
                       "shipped" if r["shipped_weights"] else "--weights", r["description"])
     Console(width=None if Console().is_terminal else 160).print(table)
 

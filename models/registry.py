@@ -83,7 +83,8 @@ def _build_from_checkpoint(entry: ModelEntry, ckpt: Checkpoint, overrides: dict[
 
 
 def _mismatch(model: RestorationModel, state_dict: dict[str, Any]) -> tuple[list[str], list[str]]:
-    expected = set(model.state_dict())
+    # BatchNorm's step counters are dropped on load (load_state_dict restores them).
+    expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
     given = set(state_dict)
     return sorted(expected - given), sorted(given - expected)
 

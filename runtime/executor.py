@@ -9,7 +9,18 @@ state, ...). Steps:
   each branch's steps run on its own rows only, so an empty branch (a bypass) costs
   nothing; a branch with ``"stop": true`` retires its rows from the rest of the plan.
   ``"one_hot": VAR`` also writes each row's chosen branch as a one-hot vector into VAR
-  (a router that takes its previous decision as input).
+  (a router that takes its previous decision as input). ``"blend": [VAR, ...]`` allows a
+  soft decision: under a policy that blends K > 1 branches, each row runs its K most
+  probable branches from the same input and VAR becomes the mix of their outputs, weighted
+  by the router's probabilities renormalised over those K (such branches write nothing else).
+* ``loop``: runs its ``body`` once per entry of ``values``, with the loop variable ``var``
+  set to that entry (a coarse-to-fine pyramid: ``"values": [0.25, 0.5, 1.0]``).
+* ``resize``: bilinear resize of the variable ``in`` into ``out`` (TF1 / ONNX "asymmetric"
+  semantics, :mod:`.resize`), to ``scale`` times its own size (a number or the name of a
+  loop variable) or to the size of the variable ``like`` divided by ``divisor``.
+
+``initial`` entries with ``"like": VAR`` get VAR's spatial size (divided by ``divisor``)
+as their trailing axes: a recurrent state at a fraction of the image's resolution.
 
 Hooks see every stage call and every decision, so the profiler, the calibration
 capture and the route map observe exactly what runs, through this one traversal.
@@ -26,6 +37,7 @@ import numpy as np
 from . import backends
 from .bundle import Bundle
 from .errors import EdgeRestoreError
+from .resize import resize_bilinear, scaled_size
 
 StageHook = Callable[[str, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], float], None]
 DecisionHook = Callable[[str, np.ndarray, np.ndarray, np.ndarray], None]
@@ -44,10 +56,14 @@ class RoutePolicy:
 
     min_confidence: float = 0.5
     vote: bool = False
+    # Switches that declare "blend": mix the outputs of this many most probable branches.
+    blend: int = 1
 
     def __post_init__(self):
         if not 0.0 <= self.min_confidence <= 1.0:
             raise EdgeRestoreError(f"--min-confidence must be within [0, 1], got {self.min_confidence}")
+        if self.blend < 1:
+            raise EdgeRestoreError(f"--blend must be at least 1 branch, got {self.blend}")
 
     def choose(self, step: dict[str, Any], probs: np.ndarray) -> np.ndarray:
         cheap = step.get("cheap")
@@ -65,6 +81,17 @@ class RoutePolicy:
         if self.vote:
             return np.full_like(choice, np.bincount(choice, minlength=probs.shape[1]).argmax())
         return choice
+
+    def rank(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Blending: per row the ``blend`` most probable branches (ties to the lower index) and
+        their weights, the probabilities renormalised over them. With ``vote`` every row takes
+        the ranking and weights of the rows' mean probabilities (one mix per image)."""
+        k = min(self.blend, probs.shape[1])
+        if self.vote:
+            probs = np.broadcast_to(probs.mean(0), probs.shape)
+        ranked = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        weights = np.take_along_axis(probs, ranked, 1)
+        return ranked, weights / weights.sum(1, keepdims=True)
 
 
 @dataclass
@@ -111,11 +138,18 @@ class Executor:
         # Copies: a branch updates its rows of a variable in place, the caller's arrays stay intact.
         env = {name: np.array(value) for name, value in tensors.items()}
         for name, spec in self.bundle.initial.items():
-            env[name] = np.full((n, *spec["shape"]), spec.get("value", 0.0), np.float32)
+            shape = [*spec["shape"], *_like_size(spec, lambda var, name=name: self._variable(env, var, name).shape[-2:])]
+            env[name] = np.full((n, *shape), spec.get("value", 0.0), np.float32)
         self._active = np.ones(n, bool)
+        self._loop_values: dict[str, Any] = {}
         self.trace = Trace(np.zeros(n))
         self._steps(self.bundle.plan, env, np.arange(n))
         return env
+
+    def _variable(self, env: dict[str, np.ndarray], var: str, reader: str) -> np.ndarray:
+        if var not in env:
+            raise EdgeRestoreError(f"bundle '{self.bundle.root}': '{reader}' reads '{var}' before any step writes it")
+        return env[var]
 
     # -- steps ---------------------------------------------------------------------
     def _steps(self, steps: list[dict[str, Any]], env: dict[str, np.ndarray], rows: np.ndarray) -> None:
@@ -128,6 +162,10 @@ class Executor:
                 self._run_stage(step, env, rows)
             elif op == "switch":
                 self._switch(step, env, rows)
+            elif op == "loop":
+                self._loop(step, env, rows)
+            elif op == "resize":
+                self._resize(step, env, rows)
             else:
                 raise EdgeRestoreError(f"bundle '{self.bundle.root}': plan step op '{op}' is not supported")
 
@@ -164,7 +202,12 @@ class Executor:
         if probs.shape[1] != len(branches):
             raise EdgeRestoreError(f"bundle '{self.bundle.root}': switch '{step['name']}' has {len(branches)} "
                                    f"branches but its router gives {probs.shape[1]} logits")
-        choice = self.policy.decide(step, probs)
+        blended = bool(step.get("blend")) and self.policy.blend > 1
+        if blended:
+            ranked, weights = self.policy.rank(probs)
+            choice = ranked[:, 0]  # what traces, route maps and one-hot outputs record
+        else:
+            choice = self.policy.decide(step, probs)
         record = self.trace.decisions.setdefault(step["name"], np.full(len(self._active), -1))
         record[rows] = choice
         if "one_hot" in step:
@@ -172,6 +215,9 @@ class Executor:
             self._store(env, step["one_hot"], rows, one_hot, len(rows) == len(self._active))
         for hook in self.decision_hooks:
             hook(step["name"], rows, choice, probs)
+        if blended:
+            self._blend(step, env, rows, ranked, weights)
+            return
         for index, branch in enumerate(branches):
             chosen = rows[choice == index]
             if not len(chosen):
@@ -181,6 +227,48 @@ class Executor:
             else:
                 self._steps(branch["steps"], env, chosen)
 
+    def _blend(self, step: dict[str, Any], env: dict[str, np.ndarray], rows: np.ndarray, ranked: np.ndarray,
+               weights: np.ndarray) -> None:
+        """Every branch among a row's top K runs on that row from the switch's input; the
+        ``blend`` variables become the weighted sum of those branches' outputs."""
+        _check_blendable(self.bundle, step)
+        names = list(step["blend"])
+        saved = {var: env[var] for var in names if var in env}
+        mixed: dict[str, np.ndarray] = {}
+        for index, branch in enumerate(step["branches"]):
+            member = ranked == index
+            taken = member.any(1)
+            if not taken.any():
+                continue
+            for var, value in saved.items():  # each branch starts from the switch's input
+                env[var] = value.copy()
+            self._steps(branch["steps"], env, rows[taken])
+            weight = (weights * member).sum(1)[taken].astype(np.float32)
+            for var in names:
+                out = self._variable(env, var, f"switch '{step['name']}'")[rows[taken]]
+                if var not in mixed:
+                    mixed[var] = np.zeros((len(rows), *out.shape[1:]), np.float32)
+                mixed[var][taken] += weight.reshape(-1, *[1] * (out.ndim - 1)) * out
+        for var, value in mixed.items():
+            self._store(env, var, rows, value, len(rows) == len(self._active))
+
+    def _loop(self, step: dict[str, Any], env: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        var = step["var"]
+        for value in step["values"]:
+            self._loop_values[var] = value
+            self._steps(step["body"], env, rows)
+        self._loop_values.pop(var, None)
+
+    def _resize(self, step: dict[str, Any], env: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        """Every row of a variable has one size, so the rows that reach a resize are all that
+        matter: rows outside them (retired ones) keep their values only where the size stays."""
+        source = self._variable(env, step["in"], "resize")
+        everyone = len(rows) == len(self._active)
+        size = resize_size(step, lambda var: self._variable(env, var, "resize").shape[-2:], self._loop_values,
+                           self.bundle.root)
+        value = resize_bilinear(source if everyone else source[rows], *size)
+        self._store(env, step["out"], rows, value, everyone)
+
     # -- compute accounting -------------------------------------------------------------
     def _macs_per_row(self, stage: str, feeds: dict[str, np.ndarray]) -> float:
         info = self.bundle.stages[stage]
@@ -189,28 +277,109 @@ class Executor:
         return info.macs_per_call + info.macs_per_pixel * pixels
 
     def full_path_macs(self, item_shape: tuple[int, ...]) -> float:
-        """MACs per row if every switch took its most expensive branch."""
-        pixels = int(np.prod(item_shape[1:]))
-        return _plan_macs(self.bundle, self.bundle.plan, pixels)
+        """MACs per row if every switch took its most expensive branch (``item_shape``: C, H, W
+        of the plan's input). Resize steps and loops are followed, so a pyramid's coarse
+        scales count at their own size."""
+        sizes = {self.bundle.io.get("input", "image"): tuple(item_shape[1:])}
+        for name, spec in self.bundle.initial.items():
+            if spec.get("like") in sizes:
+                sizes[name] = tuple(_like_size(spec, sizes.__getitem__))
+        return _plan_macs(self.bundle, self.bundle.plan, sizes, {}, self.policy.blend)
 
 
 def switches(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every switch step of a plan by name, through nested branches."""
+    """Every switch step of a plan by name, through nested branches and loop bodies.
+    (A switch inside a loop records the decisions of its last iteration.)"""
     found = {}
     for step in steps:
         if step.get("op") == "switch":
             found[step["name"]] = step
             for branch in step["branches"]:
                 found.update(switches(branch.get("steps", [])))
+        elif step.get("op") == "loop":
+            found.update(switches(step.get("body", [])))
     return found
 
 
-def _plan_macs(bundle: Bundle, steps: list[dict[str, Any]], pixels: int) -> float:
+def resize_size(step: dict[str, Any], size_of: Callable[[str], tuple[int, ...]], loop_values: dict[str, Any],
+                root: Any = "") -> tuple[int, int]:
+    """Target (height, width) of a ``resize`` step; ``size_of(var)`` gives a variable's (H, W)."""
+    if "like" in step:
+        return tuple(_like_size(step, size_of))
+    scale = step.get("scale", 1.0)
+    if isinstance(scale, str):
+        if scale not in loop_values:
+            raise EdgeRestoreError(f"bundle '{root}': resize scale '{scale}' is not a variable of an enclosing loop")
+        scale = loop_values[scale]
+    height, width = size_of(step["in"])
+    return scaled_size(int(height), float(scale)), scaled_size(int(width), float(scale))
+
+
+def _like_size(spec: dict[str, Any], size_of: Callable[[str], tuple[int, ...]]) -> list[int]:
+    """The trailing (H, W) of an ``initial`` entry or resize step with ``"like": VAR``; none without it."""
+    if "like" not in spec:
+        return []
+    divisor = int(spec.get("divisor", 1))
+    return [max(1, int(v) // divisor) for v in size_of(spec["like"])]
+
+
+def _plan_macs(bundle: Bundle, steps: list[dict[str, Any]], sizes: dict[str, tuple[int, ...]],
+               loop_values: dict[str, Any], blend: int = 1) -> float:
+    """Planned MACs of ``steps``; ``sizes`` tracks each variable's (H, W) through resizes.
+    A stage's outputs are taken to keep the size of its first input (true of every stage
+    exported here); stages with fixed-size inputs count per call anyway. A switch counts its
+    most expensive branch (a blending one, its ``blend`` most expensive)."""
     total = 0.0
     for step in steps:
-        if step.get("op") == "run":
+        op = step.get("op")
+        if op == "run":
             info = bundle.stages[step["stage"]]
-            total += info.macs_per_call + info.macs_per_pixel * pixels
-        elif step.get("op") == "switch":
-            total += max(_plan_macs(bundle, b.get("steps", []), pixels) for b in step["branches"])
+            first = next(iter(step["in"].values()), None)
+            size = sizes.get(first, ())
+            total += info.macs_per_call + info.macs_per_pixel * int(np.prod(size))
+            for var in step["out"].values():
+                if size:
+                    sizes[var] = size
+        elif op == "switch":
+            costs = sorted((_plan_macs(bundle, b.get("steps", []), dict(sizes), loop_values, blend)
+                            for b in step["branches"]), reverse=True)
+            total += sum(costs[:blend if step.get("blend") else 1])
+        elif op == "resize":
+            try:
+                sizes[step["out"]] = resize_size(step, sizes.__getitem__, loop_values, bundle.root)
+            except KeyError:  # resizing a variable no earlier step gave a size: nothing to track
+                pass
+        elif op == "loop":
+            for value in step["values"]:
+                total += _plan_macs(bundle, step["body"], sizes, {**loop_values, step["var"]: value}, blend)
     return total
+
+
+def _writes(steps: list[dict[str, Any]]) -> set[str]:
+    """Every plan variable the steps write, through nested branches and loop bodies."""
+    out: set[str] = set()
+    for step in steps:
+        out.update(step["out"].values() if isinstance(step.get("out"), dict) else
+                   [step["out"]] if "out" in step else [])
+        out.update([step["one_hot"]] if "one_hot" in step else [])
+        out |= _writes(step.get("body", []))
+        for branch in step.get("branches", []):
+            out |= _writes(branch.get("steps", []))
+    return out
+
+
+def _stops(steps: list[dict[str, Any]]) -> bool:
+    return any(b.get("stop") or _stops(b.get("steps", [])) for s in steps for b in s.get("branches", [])) \
+        or any(_stops(s.get("body", [])) for s in steps)
+
+
+def _check_blendable(bundle: Bundle, step: dict[str, Any]) -> None:
+    """A blended branch may only compute the blended variables: anything else it wrote, or a
+    row it retired, would depend on which of the K branches happened to run last."""
+    blend = set(step["blend"])
+    for branch in step["branches"]:
+        extra = sorted(_writes(branch.get("steps", [])) - blend)
+        if branch.get("stop") or _stops(branch.get("steps", [])) or extra:
+            what = f"also writes '{extra[0]}'" if extra else "retires rows (stop)"
+            raise EdgeRestoreError(f"bundle '{bundle.root}': switch '{step['name']}' blends "
+                                   f"{', '.join(sorted(blend))} but its branch '{branch.get('name')}' {what}")

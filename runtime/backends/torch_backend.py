@@ -74,6 +74,35 @@ def _pad(x, pads, value=None, axes=None, *, mode="constant", **_):
     return F.pad(x, torch_pads, value=float(value) if value is not None else 0.0)
 
 
+def _conv_transpose(x, w, b=None, *, pads=(0, 0, 0, 0), strides=(1, 1), dilations=(1, 1), group=1,
+                    output_padding=(0, 0), **_):
+    top, left, bottom, right = pads
+    if (top, left) != (bottom, right):
+        raise EdgeRestoreError(f"torch backend supports only symmetric ConvTranspose pads, got {list(pads)}")
+    return F.conv_transpose2d(x, w, b, stride=tuple(strides), padding=(top, left), output_padding=tuple(output_padding),
+                              groups=group, dilation=tuple(dilations))
+
+
+def _resize(x, roi=None, scales=None, sizes=None, *, mode="nearest", coordinate_transformation_mode="half_pixel",
+            nearest_mode="round_prefer_floor", **_):
+    # PyTorch's "nearest" is ONNX nearest with asymmetric coordinates and floor rounding,
+    # which is what F.interpolate(mode="nearest") exports as.
+    mode, coordinate_transformation_mode, nearest_mode = (
+        v.decode() if isinstance(v, bytes) else v for v in (mode, coordinate_transformation_mode, nearest_mode))
+    if mode != "nearest" or coordinate_transformation_mode != "asymmetric" or nearest_mode != "floor":
+        raise EdgeRestoreError(f"torch backend supports only nearest/asymmetric/floor Resize, got {mode}/"
+                               f"{coordinate_transformation_mode}/{nearest_mode}")
+    if sizes is not None and sizes.numel():
+        return F.interpolate(x, size=[int(s) for s in sizes.tolist()[2:]], mode="nearest")
+    return F.interpolate(x, scale_factor=[float(s) for s in scales.tolist()[2:]], mode="nearest")
+
+
+def _unsqueeze(x, axes=None, **kw):
+    for axis in sorted(int(a) for a in (axes.tolist() if axes is not None else kw["axes"])):
+        x = x.unsqueeze(axis)
+    return x
+
+
 _OPS: dict[str, Callable[..., Any]] = {
     "Conv": _conv,
     "Relu": lambda x, **_: F.relu(x),
@@ -96,6 +125,13 @@ _OPS: dict[str, Callable[..., Any]] = {
     "Transpose": lambda x, *, perm, **_: x.permute(*perm),
     "Pad": _pad,
     "Clip": lambda x, lo=None, hi=None, **_: torch.clamp(x, lo, hi),
+    "ConvTranspose": _conv_transpose,
+    "Resize": _resize,
+    "InstanceNormalization": lambda x, scale, b, *, epsilon=1e-5, **_: F.instance_norm(x, weight=scale, bias=b,
+                                                                                         eps=epsilon),
+    "BatchNormalization": lambda x, scale, b, mean, var, *, epsilon=1e-5, **_: F.batch_norm(
+        x, mean, var, scale, b, False, 0.0, epsilon),
+    "Unsqueeze": _unsqueeze,
 }
 
 
