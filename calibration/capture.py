@@ -5,7 +5,9 @@ would (same tiles, same routing policy); a stage hook hands each stage call's in
 that stage's range collector. A branch stage of a routed model therefore sees only the
 tiles its router sends to it (*route-aware*). *Route-agnostic* calibration, what a tool
 that ignores routing does, runs the same capture with every switch forced onto its
-expensive branch (``min_confidence=1.0``), so every branch sees every tile.
+expensive branch (``min_confidence=1.0``) and every switch that can blend its branches
+running all of them (an all-in-one model's per-degradation branches), so every branch sees
+every tile.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.errors import EdgeRestoreError
-from edgerestore.runtime.executor import switches
+from edgerestore.runtime.executor import RoutePolicy, switches
 from edgerestore.runtime.restore import Restorer
 
 from .scales import StageRanges
@@ -49,6 +51,9 @@ def capture(bundle: Bundle, samples: Iterable[Sample], method: str, workdir: Pat
             progress: Progress = lambda *_: None, total: int = 0) -> Capture:
     """Run the FP32 bundle over ``samples`` and collect every stage's activation statistics."""
     restorer = Restorer(bundle, backend="onnxruntime", precision="fp32", min_confidence=0.5 if route_aware else 1.0)
+    if not route_aware:
+        widest = max((len(s["branches"]) for s in switches(bundle.plan).values()), default=1)
+        restorer.executor.policy = RoutePolicy(1.0, blend=widest)
     label = "route-aware" if route_aware else "route-agnostic"
     result = Capture(route_aware, {})
     current = {"name": ""}

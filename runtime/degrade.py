@@ -123,6 +123,34 @@ def _saltpepper(img: np.ndarray, params: tuple[float, ...], rng: np.random.Rando
     return out.reshape(img.shape)
 
 
+# Rain: streaks fall within this many degrees of vertical and are this many pixels long.
+RAIN_TILT = 30.0
+RAIN_LENGTH = (15, 35)
+
+
+def rain_streaks(height: int, width: int, density: float, rng: np.random.RandomState) -> np.ndarray:
+    """Streak layer S (HxW, in [0, 1]): seeds of random brightness at ``density`` of the pixels,
+    drawn into lines of one random length along one random direction per image (a little
+    thickened). Seeded on a margin around the image so streaks enter from outside its borders."""
+    length = rng.randint(RAIN_LENGTH[0], RAIN_LENGTH[1] + 1)
+    angle = 90.0 + rng.uniform(-RAIN_TILT, RAIN_TILT)  # motion_kernel's 90 degrees: vertical
+    margin = length
+    shape = (height + 2 * margin, width + 2 * margin)
+    seeds = (rng.random_sample(shape) < density) * rng.uniform(0.4, 1.0, shape)
+    # The kernel sums to 1 along ~length pixels: times length, a streak keeps its seed's brightness.
+    lines = cv2.filter2D(seeds, -1, motion_kernel(length, angle) * length, borderType=cv2.BORDER_CONSTANT)
+    lines = cv2.GaussianBlur(lines, (3, 3), 0.6)
+    return np.minimum(lines[margin:margin + height, margin:margin + width] * rng.uniform(0.5, 0.9), 1.0)
+
+
+def _rain(img: np.ndarray, params: tuple[float, ...], rng: np.random.RandomState) -> np.ndarray:
+    """The rain model of the all-in-one papers: ``x = T * (img + S) + (1 - T) * A`` with the
+    streak layer S, a transmission T (the veil of distant rain) and an atmospheric light A."""
+    streaks = rain_streaks(img.shape[0], img.shape[1], params[0], rng)
+    transmission, light = rng.uniform(0.8, 0.95), rng.uniform(0.8, 1.0)
+    return transmission * (img + streaks[..., None]) + (1.0 - transmission) * light
+
+
 @dataclass(frozen=True)
 class _Kind:
     """How to parse and run one step type. Values must lie in [low, high]; LO-HI syntax means two values."""
@@ -148,6 +176,8 @@ _KINDS: dict[str, _Kind] = {
     "jpeg": _Kind(_jpeg, "QUALITY", "JPEG at QUALITY 1-100 (clips, rounds to 8 bits)", integer=True, low=1, high=100),
     "down": _Kind(_down, "SCALE", "bicubic downscale by SCALE like MATLAB imresize; crops target", integer=True, low=1),
     "saltpepper": _Kind(_saltpepper, "FRACTION", "FRACTION 0-1 of the pixels set to black or white, half each", high=1),
+    "rain": _Kind(_rain, "DENSITY", "rain streaks starting at DENSITY 0-1 of the pixels (0.001 light, 0.005 heavy) "
+                  "over a veil: T*(img+S)+(1-T)*A", high=1),
 }
 
 
