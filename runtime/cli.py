@@ -15,8 +15,11 @@ from .errors import EdgeRestoreError
 COMMANDS = {
     "models": ("edgerestore.models.cli:models_command", "List the exportable architectures."),
     "export": ("edgerestore.export.cli:export_command", "Export a model checkpoint to a bundle."),
-    "restore": ("edgerestore.runtime.commands:restore_command", "Restore images with a bundle."),
+    "restore": ("edgerestore.runtime.commands:restore_command",
+                "Restore images, videos, cameras or GStreamer streams with a bundle."),
     "eval": ("edgerestore.runtime.commands:eval_command", "Score a bundle on a dataset (PSNR/SSIM)."),
+    "profile": ("edgerestore.runtime.profile_command:profile_command",
+                "Per-stage latency, FPS, compute and memory of a bundle (Jetson: power via tegrastats)."),
     "check": ("edgerestore.runtime.tensorrt.commands:check_command",
               "Check a bundle's stage graphs for TensorRT (no TensorRT needed)."),
     "build": ("edgerestore.runtime.tensorrt.commands:build_command", "Build TensorRT engines into a bundle."),

@@ -14,11 +14,21 @@ from .restore import ROUTE_POLICIES, Restorer
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
-def runtime_options(command):
-    """Options shared by every command that runs a bundle."""
+def runtime_options(command=None, *, several_backends: bool = False):
+    """Options shared by every command that runs a bundle. ``several_backends``: ``--backend``
+    may repeat and arrives as the tuple ``backends`` (``profile`` compares them)."""
+    if command is None:
+        return lambda command: runtime_options(command, several_backends=several_backends)
+    backend_help = "auto = OpenVINO if installed, else ONNX Runtime; torch = PyTorch reference."
+    if several_backends:
+        backend = click.option("--backend", "backends", type=click.Choice(backends.NAMES), multiple=True,
+                               default=("auto",), show_default=True,
+                               help=backend_help + " Repeat to compare backends side by side.")
+    else:
+        backend = click.option("--backend", type=click.Choice(backends.NAMES), default="auto", show_default=True,
+                               help=backend_help)
     for option in reversed([
-        click.option("--backend", type=click.Choice(backends.NAMES), default="auto", show_default=True,
-                     help="auto = OpenVINO if installed, else ONNX Runtime; torch = PyTorch reference."),
+        backend,
         click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
                      help="Stage precision (default: the best the bundle has)."),
         click.option("--tile", type=click.IntRange(1), default=None, help="Tile size (default: the bundle's, "
@@ -33,7 +43,9 @@ def runtime_options(command):
         click.option("--route-policy", type=click.Choice(ROUTE_POLICIES), default="tile", show_default=True,
                      help="Routed models: tile = every tile follows its own router decisions; vote = at each "
                           "switch all tiles of an image take the branch most of them chose (RL-Restore's "
-                          "official whole-image mode)."),
+                          "official whole-image mode); soft / soft-vote = the same, but switches that allow "
+                          "blending (all-in-one) run their two most probable branches and mix the outputs by the "
+                          "router's renormalised probabilities (mixed degradations)."),
     ]):
         command = option(command)
     return command
@@ -43,7 +55,8 @@ def make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, 
                   route_policy="tile") -> Restorer:
     if whole and (tile is not None or overlap is not None):
         raise EdgeRestoreError("--whole cannot be combined with --tile/--overlap")
-    return Restorer(bundle, backend=backend, precision=precision, tile=tile, overlap=overlap, whole=whole,
+    # No --whole: the bundle decides (whole images for models that declare it, else tiles).
+    return Restorer(bundle, backend=backend, precision=precision, tile=tile, overlap=overlap, whole=whole or None,
                     batch_size=batch_size, min_confidence=min_confidence, route_policy=route_policy)
 
 
@@ -63,28 +76,57 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
 
 @click.command("restore")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+# Plain strings: a GStreamer pipeline ("rtspsrc location=rtsp://...") must not be normalised as a path.
+@click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Output image (one input) or directory (several inputs, or a directory input).")
+              help="Output image (one input), directory (several inputs, a directory input, a stream's frames) "
+                   "or video file (.mp4, .avi, .mkv, .mov).")
 @runtime_options
 @click.option("--route-map", type=click.Path(path_type=Path), default=None,
               help="Also write a picture of each tile's executed share of the network (one input only).")
+@click.option("--realtime", "realtime", type=click.FloatRange(min=0, min_open=True), default=None, metavar="FPS",
+              help="Streams: keep up with a live source at FPS (files are paced to it): drop late frames and "
+                   "report how many. Without it no frame is dropped.")
+@click.option("--queue", "queue_size", type=click.IntRange(1), default=4, show_default=True,
+              help="Streams: frames buffered between decode, restore and encode (bounds the memory).")
+@click.option("--frames", "max_frames", type=click.IntRange(1), default=None,
+              help="Streams: stop after this many source frames (a camera runs until Ctrl-C otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def restore_command(bundle, inputs, output, backend, precision, tile, overlap, whole, batch_size, min_confidence,
-                    route_policy, route_map, as_json):
-    """Restore images with BUNDLE. INPUTS are image files or directories of images.
+                    route_policy, route_map, realtime, queue_size, max_frames, as_json):
+    """Restore images or a stream with BUNDLE.
 
-    Outputs keep the input's bit depth (8/16) and alpha channel; each file is written
-    to a temporary name and renamed, so a failure never leaves a partial image.
+    INPUTS are image files or directories of images; or one video file, camera index
+    (0, 1, ...) or GStreamer pipeline string (needs an OpenCV built with GStreamer, as
+    JetPack's; without an appsink one is appended).
+
+    Image files: outputs keep the input's bit depth (8/16) and alpha channel; each file is
+    written to a temporary name and renamed, so a failure never leaves a partial image.
+
+    Streams (a video, camera or pipeline; a directory restored into a directory; any
+    input with a video OUTPUT or --realtime): decode, restore and encode run concurrently
+    with bounded queues; frames keep their order and none is dropped unless --realtime is
+    given. A corrupt frame is reported and skipped; a frame of another size is re-tiled
+    (and scaled to the video's size if the output is a video file).
     """
+    from .stream_command import is_stream, restore_stream
+
+    if is_stream(list(inputs), output, realtime):
+        if route_map is not None:
+            raise EdgeRestoreError("--route-map needs exactly one input image, not a stream")
+        factory = lambda: make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size,  # noqa: E731
+                                        min_confidence, route_policy)
+        return restore_stream(factory, list(inputs), output, realtime, queue_size, max_frames, as_json)
     files: list[Path] = []
-    for path in inputs:
+    for path in map(Path, inputs):
         files.extend(imageio.list_images(path) if path.is_dir() else [path])
     targets = output_paths(files, output)
     if route_map is not None and (len(files) != 1 or whole):
         raise EdgeRestoreError("--route-map needs exactly one input image and tiled mode")
     restorer = make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence,
                              route_policy)
+    if route_map is not None and restorer.whole:  # the bundle runs whole images unless given --tile
+        raise EdgeRestoreError("--route-map needs tiled mode; this bundle runs whole images unless given --tile N")
     if len(targets) > 1 or targets[0].parent == output:
         output.mkdir(parents=True, exist_ok=True)
     from rich.progress import Progress
@@ -155,7 +197,7 @@ def eval_command(bundle, data, spec, gt, backend, precision, tile, overlap, whol
         "bundle": str(bundle), "data": str(data), "degrade": spec, "gt": str(gt) if gt else None,
         "psnr": result.psnr, "ssim": result.ssim, "input_psnr": result.input_psnr, "images": len(result.images),
         "backend": restorer.backend, "precision": restorer.precision, "seconds": result.seconds,
-        "mode": "whole" if whole else f"tiled {restorer.tiles.tile}/{restorer.tiles.overlap}",
+        "mode": "whole" if restorer.whole else f"tiled {restorer.tiles.tile}/{restorer.tiles.overlap}",
         "min_confidence": min_confidence, "route_policy": route_policy, "gmac_per_image": result.gmac,
         "full_path_gmac_per_image": result.full_gmac, "bypass_share": result.bypass_share,
         "per_image": [vars(s) for s in result.images],

@@ -156,7 +156,7 @@ def _read_bytes(path: Path) -> bytes:
 
 
 @contextmanager
-def _opencv_silenced() -> Iterator[None]:
+def opencv_silenced() -> Iterator[None]:
     """Keep OpenCV's multi-line decoder warnings off stderr; our error says it in one line."""
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -168,7 +168,7 @@ def _opencv_silenced() -> Iterator[None]:
 
 def _decode_opencv(data: bytes, path: Path) -> np.ndarray:
     """Decode with OpenCV and return gray, RGB or RGBA channel order."""
-    with _opencv_silenced():
+    with opencv_silenced():
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise EdgeRestoreError(f"cannot decode '{path}': file is truncated or corrupt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -13,7 +14,11 @@ from .executor import Executor, RoutePolicy, switches
 from .tilelib import extract, merge
 from .tiling import TileGrid
 
-ROUTE_POLICIES = ("tile", "vote")
+ROUTE_POLICIES = ("tile", "vote", "soft", "soft-vote")
+# Soft policies: switches that declare "blend" mix their two most probable branches.
+SOFT_BRANCHES = 2
+
+PhaseHook = Callable[[str, float], None]  # (phase, seconds): "extract" / "merge" of the tile library
 
 
 @dataclass
@@ -50,24 +55,32 @@ class TileSettings:
 
 
 class Restorer:
-    """Restore float HxWxC images (values in the bundle's range) with one bundle.
+    """Restore float HxWxC images (values in [0, 1]) with one bundle.
 
     ``tile``/``overlap`` override the bundle's defaults; ``whole=True`` runs the full
-    image at once (padded to the size multiple) where the model allows it.
+    image at once (padded to the size multiple) where the model allows it; ``whole=None``
+    (the default) follows the bundle: whole images for models that declare it, unless
+    ``tile``/``overlap`` ask for tiles. Images are float in [0, 1] (``imageio.to_float``);
+    the restorer maps them to the model's value range and back.
     ``route_policy``: ``"tile"`` (each tile follows its own router) or ``"vote"`` (at every
-    switch all tiles of an image take the majority branch); see :class:`RoutePolicy`.
+    switch all tiles of an image take the majority branch); ``"soft"`` / ``"soft-vote"``: as
+    those, but switches that declare ``blend`` mix their two most probable branches (per tile,
+    or by the image's mean probabilities); see :class:`RoutePolicy`.
     """
 
     def __init__(self, bundle: Bundle | str, backend: str = "auto", precision: str | None = None,
-                 tile: int | None = None, overlap: int | None = None, whole: bool = False, batch_size: int = 16,
+                 tile: int | None = None, overlap: int | None = None, whole: bool | None = None, batch_size: int = 16,
                  min_confidence: float = 0.5, route_policy: str = "tile"):
         if route_policy not in ROUTE_POLICIES:
             raise EdgeRestoreError(f"unknown route policy '{route_policy}'; use one of {', '.join(ROUTE_POLICIES)}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
         self.executor = Executor(self.bundle, backend, precision,
-                                 RoutePolicy(min_confidence, vote=route_policy == "vote"))
+                                 RoutePolicy(min_confidence, vote=route_policy in ("vote", "soft-vote"),
+                                             blend=SOFT_BRANCHES if route_policy.startswith("soft") else 1))
         self.executor.load_all()
         defaults = self.bundle.tiling
+        if whole is None:
+            whole = bool(defaults.get("whole")) and tile is None and overlap is None
         if whole and defaults.get("fixed"):
             raise EdgeRestoreError(f"model '{self.bundle.name}' runs on fixed {defaults['tile']}x{defaults['tile']} "
                                    "tiles; --whole is not available for it")
@@ -89,6 +102,9 @@ class Restorer:
         self.seconds = 0.0  # time spent restoring, accumulated across calls
         self.route: RouteRecord | None = None  # of the last call
         self._grid: TileGrid | None = None
+        # Around the tile library's extract and merge, as the executor's stage_hooks are
+        # around each stage: the profiler times the frame from the calls that run it.
+        self.phase_hooks: list[PhaseHook] = []
 
     @property
     def backend(self) -> str:
@@ -99,10 +115,15 @@ class Restorer:
         return self.executor.precision
 
     def restore(self, image: np.ndarray) -> np.ndarray:
-        """HxWxC float image (C = 1 or 3) -> restored HxWxC float32 image, unclipped."""
+        """HxWxC float image in [0, 1] (C = 1 or 3) -> restored HxWxC float32 image, unclipped."""
         start = time.perf_counter()
+        low, high = self.bundle.io.get("range", (0.0, 1.0))
         planes = self._to_model_channels(np.asarray(image, np.float32))
+        if (low, high) != (0.0, 1.0):  # e.g. [-1, 1] for GAN generators
+            planes = planes * np.float32(high - low) + np.float32(low)
         out = self._restore_whole(planes) if self.whole else self._restore_tiled(planes)
+        if (low, high) != (0.0, 1.0):
+            out = (out - np.float32(low)) / np.float32(high - low)
         result = self._from_model_channels(out, image.shape[2])
         self.seconds += time.perf_counter() - start
         return result
@@ -130,7 +151,9 @@ class Restorer:
         b, h, w, c = planes.shape
         m = int(self.bundle.io.get("size_multiple", 1))
         ph, pw = -h % m, -w % m
-        x = np.pad(planes, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else planes
+        # "constant": zeros in the model's range, as e.g. DeblurGAN-v2's predictor pads.
+        mode = "constant" if self.bundle.io.get("pad") == "constant" or min(h, w) <= max(ph, pw) else "reflect"
+        x = np.pad(planes, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode) if ph or pw else planes
         self._grid = None
         y = self._run(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
         return y.transpose(0, 2, 3, 1)[:, :h, :w]
@@ -141,13 +164,25 @@ class Restorer:
         tile = t.tile
         if not t.fixed and not t.explicit:
             tile = min(tile, h, w)  # a default tile never refuses a small image
+            multiple = int(self.bundle.io.get("size_multiple", 1))
+            tile = max(tile - tile % multiple, min(multiple, tile))  # ... nor breaks the size multiple
         overlap = min(t.overlap, tile - 1)  # only binds when the default tile shrank
         grid = TileGrid(h, w, tile, overlap, t.halo, t.ramp)
         self._grid = grid
+        start = time.perf_counter()
         tiles = np.concatenate([extract(plane, grid) for plane in planes])
+        self._phase("extract", start)
         out = self._run(tiles, image_rows=len(grid))
         n = len(grid)
-        return np.stack([merge(out[i * n:(i + 1) * n], grid) for i in range(b)])
+        start = time.perf_counter()
+        merged = np.stack([merge(out[i * n:(i + 1) * n], grid) for i in range(b)])
+        self._phase("merge", start)
+        return merged
+
+    def _phase(self, name: str, start: float) -> None:
+        seconds = time.perf_counter() - start
+        for hook in self.phase_hooks:
+            hook(name, seconds)
 
     def _run(self, batch: np.ndarray, image_rows: int = 1) -> np.ndarray:
         io = self.bundle.io
