@@ -204,7 +204,7 @@ def test_runtime_maps_the_range_and_pads_with_zeros(tmp_path):
     assert np.abs(got - (y[:50, :70] + 1) / 2).max() < 1e-4
 
 
-def test_int8_export_and_cli_restore_of_the_demo(tmp_path, run_cli):
+def test_int8_export_cli_restore_and_profile_of_the_demo(tmp_path, run_cli):
     images = write_images(tmp_path / "calib", 4, (64, 64, 3))
     bundle = tmp_path / "dg.bundle"
     result = run_cli("export", "deblurganv2", "-o", bundle, "--int8", "--calib", images, "--calib-degrade", "motion:9",
@@ -219,3 +219,8 @@ def test_int8_export_and_cli_restore_of_the_demo(tmp_path, run_cli):
     result = run_cli("restore", bundle, images / "img1.png", "-o", out, "--json")
     assert result.exit_code == 0, result.output
     assert out.is_file()
+
+    result = run_cli("profile", bundle, "--size", "64x48", "--iterations", "1", "--warmup", "0", "--json", "-")
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout)["runs"][0]
+    assert run["precision"] == "int8" and run["stages"] and run["latency_ms"]["p50"] > 0

@@ -55,7 +55,7 @@ def test_export_parity_and_tiles_equal_the_whole_image(memnet_bundle):
         assert np.abs(restorer.restore(image) - expected).max() < 1e-4
 
 
-def test_int8_export_and_cli_restore_of_the_demo(tmp_path, run_cli):
+def test_int8_export_cli_restore_and_profile_of_the_demo(tmp_path, run_cli):
     images = write_images(tmp_path / "calib", 4, (64, 64))
     bundle = tmp_path / "memnet.bundle"
     result = run_cli("export", "memnet", "-o", bundle, "--int8", "--calib", images, "--calib-degrade", "gaussian:25",
@@ -69,6 +69,11 @@ def test_int8_export_and_cli_restore_of_the_demo(tmp_path, run_cli):
     result = run_cli("restore", bundle, images / "img0.png", "-o", out, "--json")
     assert result.exit_code == 0, result.output
     assert out.is_file()
+
+    result = run_cli("profile", bundle, "--size", "64x48", "--iterations", "1", "--warmup", "0", "--json", "-")
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout)["runs"][0]
+    assert run["precision"] == "int8" and run["stages"] and run["latency_ms"]["p50"] > 0
 
 
 def test_trainer_cli_resumes_and_its_checkpoint_imports(tmp_path, run_cli):

@@ -153,7 +153,7 @@ def test_official_tf1_checkpoint_imports(tmp_path):
         assert torch.equal(model(x), source(x))
 
 
-def test_int8_export_and_cli_restore_of_the_demo(tmp_path, run_cli):
+def test_int8_export_cli_restore_and_profile_of_the_demo(tmp_path, run_cli):
     images = write_images(tmp_path / "calib", 4, (48, 64, 3))
     bundle = tmp_path / "srn.bundle"
     result = run_cli("export", "srn", "-o", bundle, "--int8", "--calib", images, "--calib-degrade", "motion:9",
@@ -168,3 +168,8 @@ def test_int8_export_and_cli_restore_of_the_demo(tmp_path, run_cli):
     result = run_cli("restore", bundle, images / "img0.png", "-o", out, "--precision", "int8", "--json")
     assert result.exit_code == 0, result.output
     assert out.is_file() and json.loads(result.stdout)["precision"] == "int8"
+
+    result = run_cli("profile", bundle, "--size", "64x48", "--iterations", "1", "--warmup", "0", "--json", "-")
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout)["runs"][0]
+    assert run["precision"] == "int8" and run["stages"] and run["latency_ms"]["p50"] > 0
