@@ -60,3 +60,41 @@ class Cli:
 @pytest.fixture
 def run_cli() -> Cli:
     return Cli()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules whose PyTorch reference passes are small: more threads only contend on a
+    shared CPU. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def demo_int8_roundtrip(run_cli, model: str, images: Path, spec: str, crop: int, bundle: Path, image: Path,
+                        *restore_args: str) -> dict:
+    """``export MODEL --int8`` (the shipped demo checkpoint, a tiny minmax calibration on
+    ``images``), then ``restore`` of ``image`` and a one-frame ``profile`` with INT8 stages.
+    Returns the export report; checks the parts every demo model shares."""
+    import json
+
+    result = run_cli("export", model, "-o", bundle, "--int8", "--calib", images, "--calib-degrade", spec,
+                     "--calib-crop", str(crop), "--calib-images", "2", "--holdout", "2", "--method", "minmax",
+                     "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert max(p["max_abs_error"] for p in report["parity"]) <= 1e-4
+    fp32, int8 = report["int8"]["scores"][:2]
+    assert int8["precision"] == "int8" and abs(fp32["psnr"] - int8["psnr"]) < 3
+    out = bundle.parent / "out.png"
+    result = run_cli("restore", bundle, image, "-o", out, "--json", *restore_args)
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and json.loads(result.stdout)["precision"] == "int8"
+    result = run_cli("profile", bundle, "--size", "64x48", "--iterations", "1", "--warmup", "0", "--json", "-")
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout)["runs"][0]
+    assert run["precision"] == "int8" and run["stages"] and run["latency_ms"]["p50"] > 0
+    return report

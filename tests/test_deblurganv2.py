@@ -18,16 +18,11 @@ from edgerestore.models import DeblurGANv2, create_model
 from edgerestore.runtime import backends
 from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.restore import Restorer
+from conftest import demo_int8_roundtrip
 from test_int8_export import write_images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The reference passes here are small: more threads only contend on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- the official architecture (VITA-Group/DeblurGANv2 models/fpn_mobilenet.py, mobilenet_v2.py) --------
@@ -207,20 +202,5 @@ def test_runtime_maps_the_range_and_pads_with_zeros(tmp_path):
 def test_int8_export_cli_restore_and_profile_of_the_demo(tmp_path, run_cli):
     images = write_images(tmp_path / "calib", 4, (64, 64, 3))
     bundle = tmp_path / "dg.bundle"
-    result = run_cli("export", "deblurganv2", "-o", bundle, "--int8", "--calib", images, "--calib-degrade", "motion:9",
-                     "--calib-crop", "64", "--calib-images", "2", "--holdout", "2", "--method", "minmax", "--json")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert report["parity"][0]["max_abs_error"] <= 1e-4
-    fp32, int8 = report["int8"]["scores"][:2]
-    assert int8["precision"] == "int8" and abs(fp32["psnr"] - int8["psnr"]) < 3
+    demo_int8_roundtrip(run_cli, "deblurganv2", images, "motion:9", 64, bundle, images / "img1.png")
     assert Bundle(bundle).manifest["model"]["config"]["variant"] in ("mobilenet", "mobilenet-dsc")
-    out = tmp_path / "out.png"
-    result = run_cli("restore", bundle, images / "img1.png", "-o", out, "--json")
-    assert result.exit_code == 0, result.output
-    assert out.is_file()
-
-    result = run_cli("profile", bundle, "--size", "64x48", "--iterations", "1", "--warmup", "0", "--json", "-")
-    assert result.exit_code == 0, result.output
-    run = json.loads(result.stdout)["runs"][0]
-    assert run["precision"] == "int8" and run["stages"] and run["latency_ms"]["p50"] > 0

@@ -10,16 +10,11 @@ import torch
 from edgerestore.export import write_bundle
 from edgerestore.models import MemNet, create_model, load_checkpoint
 from edgerestore.runtime.restore import Restorer
+from conftest import demo_int8_roundtrip
 from test_int8_export import write_images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The reference passes here are small: more threads only contend on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_published_size():
@@ -58,22 +53,7 @@ def test_export_parity_and_tiles_equal_the_whole_image(memnet_bundle):
 def test_int8_export_cli_restore_and_profile_of_the_demo(tmp_path, run_cli):
     images = write_images(tmp_path / "calib", 4, (64, 64))
     bundle = tmp_path / "memnet.bundle"
-    result = run_cli("export", "memnet", "-o", bundle, "--int8", "--calib", images, "--calib-degrade", "gaussian:25",
-                     "--calib-crop", "64", "--calib-images", "2", "--holdout", "2", "--method", "minmax", "--json")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert report["parity"][0]["max_abs_error"] <= 1e-4
-    fp32, int8 = report["int8"]["scores"][:2]
-    assert int8["precision"] == "int8" and abs(fp32["psnr"] - int8["psnr"]) < 3
-    out = tmp_path / "out.png"
-    result = run_cli("restore", bundle, images / "img0.png", "-o", out, "--json")
-    assert result.exit_code == 0, result.output
-    assert out.is_file()
-
-    result = run_cli("profile", bundle, "--size", "64x48", "--iterations", "1", "--warmup", "0", "--json", "-")
-    assert result.exit_code == 0, result.output
-    run = json.loads(result.stdout)["runs"][0]
-    assert run["precision"] == "int8" and run["stages"] and run["latency_ms"]["p50"] > 0
+    demo_int8_roundtrip(run_cli, "memnet", images, "gaussian:25", 64, bundle, images / "img0.png")
 
 
 def test_trainer_cli_resumes_and_its_checkpoint_imports(tmp_path, run_cli):

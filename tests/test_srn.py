@@ -15,16 +15,11 @@ from edgerestore.models.srn import resize_bilinear as torch_resize
 from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.resize import resize_bilinear
 from edgerestore.runtime.restore import Restorer
+from conftest import demo_int8_roundtrip
 from test_int8_export import write_images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The reference passes here are tiny: more threads only contend on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_parameter_counts_of_the_published_variants():
@@ -156,20 +151,5 @@ def test_official_tf1_checkpoint_imports(tmp_path):
 def test_int8_export_cli_restore_and_profile_of_the_demo(tmp_path, run_cli):
     images = write_images(tmp_path / "calib", 4, (48, 64, 3))
     bundle = tmp_path / "srn.bundle"
-    result = run_cli("export", "srn", "-o", bundle, "--int8", "--calib", images, "--calib-degrade", "motion:9",
-                     "--calib-crop", "48", "--calib-images", "2", "--holdout", "2", "--method", "minmax", "--json")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert max(p["max_abs_error"] for p in report["parity"]) <= 1e-4
-    fp32, int8 = report["int8"]["scores"][:2]
-    assert int8["precision"] == "int8" and abs(fp32["psnr"] - int8["psnr"]) < 3
+    demo_int8_roundtrip(run_cli, "srn", images, "motion:9", 48, bundle, images / "img0.png", "--precision", "int8")
     assert Bundle(bundle).manifest["provenance"]["weights"].endswith("srn_demo.pth")
-    out = tmp_path / "out.png"
-    result = run_cli("restore", bundle, images / "img0.png", "-o", out, "--precision", "int8", "--json")
-    assert result.exit_code == 0, result.output
-    assert out.is_file() and json.loads(result.stdout)["precision"] == "int8"
-
-    result = run_cli("profile", bundle, "--size", "64x48", "--iterations", "1", "--warmup", "0", "--json", "-")
-    assert result.exit_code == 0, result.output
-    run = json.loads(result.stdout)["runs"][0]
-    assert run["precision"] == "int8" and run["stages"] and run["latency_ms"]["p50"] > 0
