@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from edgerestore.runtime.bundle import Bundle
+from edgerestore.runtime.bundle import Bundle, walk_plan
 
 from .quantize import compute_nodes
 
@@ -33,12 +33,7 @@ Layer = tuple[str, str]  # (stage, node)
 
 def plan_runs(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Every ``run`` step of a plan in execution order, through nested branches and loop bodies."""
-    for step in steps:
-        if step.get("op") == "run":
-            yield step
-        yield from plan_runs(step.get("body", []))
-        for branch in step.get("branches", []):
-            yield from plan_runs(branch.get("steps", []))
+    return (step for step in walk_plan(steps) if step.get("op") == "run")
 
 
 def all_layers(bundle: Bundle) -> list[Layer]:

@@ -85,15 +85,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def walk_plan(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every step of a plan, depth first in plan order: a step, then the steps nested in it
+    (loop ``body``, ``then``, each branch's ``steps``). The one traversal the executor's
+    helpers, the calibration policy and the bundle checks share."""
+    for step in steps:
+        yield step
+        for key in ("body", "then"):
+            yield from walk_plan(step.get(key, []))
+        for branch in step.get("branches", []):
+            yield from walk_plan(branch.get("steps", []))
+
+
 def iter_plan_stages(plan: list[dict[str, Any]]) -> Iterator[str]:
     """Every stage name a plan refers to, through nested steps."""
-    for step in plan:
-        if "stage" in step:
-            yield step["stage"]
-        for key in ("body", "then"):
-            yield from iter_plan_stages(step.get(key, []))
-        for branch in step.get("branches", []):
-            yield from iter_plan_stages(branch.get("steps", []))
+    return (step["stage"] for step in walk_plan(plan) if "stage" in step)
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import backends
-from .bundle import Bundle
+from .bundle import Bundle, walk_plan
 from .errors import EdgeRestoreError
 from .resize import resize_bilinear, scaled_size
 
@@ -290,15 +290,7 @@ class Executor:
 def switches(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Every switch step of a plan by name, through nested branches and loop bodies.
     (A switch inside a loop records the decisions of its last iteration.)"""
-    found = {}
-    for step in steps:
-        if step.get("op") == "switch":
-            found[step["name"]] = step
-            for branch in step["branches"]:
-                found.update(switches(branch.get("steps", [])))
-        elif step.get("op") == "loop":
-            found.update(switches(step.get("body", [])))
-    return found
+    return {step["name"]: step for step in walk_plan(steps) if step.get("op") == "switch"}
 
 
 def resize_size(step: dict[str, Any], size_of: Callable[[str], tuple[int, ...]], loop_values: dict[str, Any],
@@ -358,19 +350,15 @@ def _plan_macs(bundle: Bundle, steps: list[dict[str, Any]], sizes: dict[str, tup
 def _writes(steps: list[dict[str, Any]]) -> set[str]:
     """Every plan variable the steps write, through nested branches and loop bodies."""
     out: set[str] = set()
-    for step in steps:
-        out.update(step["out"].values() if isinstance(step.get("out"), dict) else
-                   [step["out"]] if "out" in step else [])
+    for step in walk_plan(steps):
+        written = step.get("out", {})  # a run's {port: var}, or a resize's var
+        out.update(written.values() if isinstance(written, dict) else [written])
         out.update([step["one_hot"]] if "one_hot" in step else [])
-        out |= _writes(step.get("body", []))
-        for branch in step.get("branches", []):
-            out |= _writes(branch.get("steps", []))
     return out
 
 
 def _stops(steps: list[dict[str, Any]]) -> bool:
-    return any(b.get("stop") or _stops(b.get("steps", [])) for s in steps for b in s.get("branches", [])) \
-        or any(_stops(s.get("body", [])) for s in steps)
+    return any(branch.get("stop") for step in walk_plan(steps) for branch in step.get("branches", []))
 
 
 def _check_blendable(bundle: Bundle, step: dict[str, Any]) -> None:

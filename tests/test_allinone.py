@@ -453,3 +453,17 @@ def test_rain_follows_the_physical_model():
     assert any(line.strip().startswith("rain:DENSITY") for line in degrade.spec_help().splitlines())
     with pytest.raises(EdgeRestoreError, match="rain DENSITY must be in 0..1"):
         degrade.parse("rain:2")
+
+
+def test_blend_check_sees_writes_and_stops_nested_in_switches_loops_and_resizes():
+    from edgerestore.runtime.executor import _writes, _stops
+
+    inner = {"op": "switch", "name": "inner", "logits": "l", "branches": [
+        {"steps": [{"op": "run", "stage": "a", "in": {"x": "image"}, "out": {"y": "x"}},
+                   {"op": "resize", "in": "x", "out": "small", "scale": 0.5}]},
+        {"stop": True, "steps": []}]}
+    loop = {"op": "loop", "var": "s", "values": [0.5, 1.0],
+            "body": [{"op": "run", "stage": "b", "in": {"x": "image"}, "out": {"y": "z"}}]}
+    assert _writes([inner, loop]) == {"x", "small", "z"}
+    assert _stops([loop, inner]) and not _stops([loop])
+    assert _stops([{"op": "loop", "var": "s", "values": [1], "body": [inner]}])
