@@ -7,13 +7,15 @@ tiling: 777 tiles) merged into a uint8 HWC frame:
   * PyTorch: accumulate w * tile and w with ``index_add_``, divide, clamp, x255, round, HWC,
     uint8 (index and weight tensors built once, outside the timing).
 
-Prints both times (best of --repeat after a warm-up, same thread count for both), the
+Prints both times (best of --repeat after a warm-up, same thread count for both; the merge and
+the memcpy are timed in turns so that machine noise hits both alike), the
 speed-up (target >= 5x) and the achieved bandwidth of the library merge against a memcpy
 measured in the same run (target >= 40%):
 
   merge bytes  = tiles read once + frame written once (the lower bound of REFERENCE.md 4)
-  memcpy       = copy of a buffer the size of the tiles into a pre-touched one, the faster of
-                 np.copyto (one thread) and torch copy_ (the merge's thread count); its
+  memcpy       = copy of a buffer the size of the tiles into a pre-touched one, the fastest of
+                 np.copyto (one thread) and torch copy_ (the merge's thread count), each timed
+                 both in turns with the merge and back to back; its
                  bandwidth is counted as bytes read + bytes written (the same kind of traffic
                  the merge bytes count). The size/time convention (half of that) is printed too.
 
@@ -39,6 +41,19 @@ def best_of(fn, repeat: int) -> tuple[float, float]:
         fn()
         times.append(time.perf_counter() - start)
     return min(times), float(np.median(times))
+
+
+def interleaved(fns, repeat: int) -> list[tuple[float, float]]:
+    """(best, median) seconds of each function, timed in turns: fns[0], fns[1], ..., repeat times."""
+    for fn in fns:
+        fn()  # warm-up
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, record in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            record.append(time.perf_counter() - start)
+    return [(min(t), float(np.median(t))) for t in times]
 
 
 def axis_weights(grid, origin: int, length: int) -> np.ndarray:
@@ -100,21 +115,28 @@ def main(argv=None) -> int:
     print(f"{grid.width}x{grid.height}x{channels}, tile 63 stride 53: {len(grid)} tiles, "
           f"{tiles.nbytes / 1e6:.1f} MB of float32 tiles; {threads} thread(s); library {tilelib.library_path()}")
 
-    lib_best, lib_med = best_of(lambda: tilelib.merge_u8(tiles, grid, out=frame), args.repeat)
+    src = tiles.reshape(-1)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # touch the destination pages before timing
+    src_t, dst_t = torch.from_numpy(src), torch.from_numpy(dst)
+    # The merge and the two copies take turns, round after round, so that a noisy neighbour
+    # on a shared machine slows all three alike instead of whichever ran during its burst.
+    (lib_best, lib_med), *copies = interleaved([
+        lambda: tilelib.merge_u8(tiles, grid, out=frame),
+        lambda: np.copyto(dst, src),      # numpy: one thread
+        lambda: dst_t.copy_(src_t),       # torch: the same threads as the merge
+    ], args.repeat)
+    # and back to back (each copy's source and destination still cached from the one before):
+    # the faster of all is the reference, the strictest one
+    copies.append(best_of(lambda: np.copyto(dst, src), args.repeat))
+    copies.append(best_of(lambda: dst_t.copy_(src_t), args.repeat))
+    copy_best, copy_med = min(copies)
     ours = frame.copy()
 
     ref = torch_reference(grid, channels)
     tiles_t = torch.from_numpy(tiles)
     torch_best, torch_med = best_of(lambda: ref(tiles_t), max(3, args.repeat // 4))
     theirs = ref(tiles_t).numpy()
-
-    src = tiles.reshape(-1)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)  # touch the destination pages before timing
-    copies = [best_of(lambda: np.copyto(dst, src), args.repeat)]  # numpy: one thread
-    src_t, dst_t = torch.from_numpy(src), torch.from_numpy(dst)
-    copies.append(best_of(lambda: dst_t.copy_(src_t), args.repeat))  # torch: the same threads as the merge
-    copy_best, copy_med = min(copies)
 
     differ = int(np.count_nonzero(ours != theirs))
     speedup = torch_best / lib_best

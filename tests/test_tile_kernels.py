@@ -91,20 +91,37 @@ def test_merge_equals_numpy_reference(h, w, c, t, o, halo, r):
         assert np.array_equal(tilelib.merge_u8(tiles, grid, lo, hi), ref_to_u8(ref32, lo, hi)), (lo, hi)
 
 
-def test_merge_paths_and_instruction_sets_agree(monkeypatch):
-    """The SIMD block path, the per-pixel path (what the CUDA kernels run) and the portable /
-    AVX2 builds of the kernels give identical bits."""
-    grid = TileGrid(257, 301, 64, 20, 5, 5)
-    tiles = np.random.default_rng(1).standard_normal((len(grid), 3, 64, 64)).astype(F32)
+@pytest.mark.parametrize("h,w,c,t,o,halo,r", [
+    (257, 301, 3, 64, 20, 5, 5),   # zero-weight margins
+    (120, 131, 3, 63, 10, 0, 5),   # triple cover by the flush tile, 1-6 pixel x segments at the right edge
+    (97, 1000, 1, 63, 10, 0, 5),   # gray: the fused 1-channel kernel
+    (90, 200, 2, 40, 12, 0, 3),    # 2 channels: the block kernel under AVX2 too
+], ids=lambda v: str(v))
+def test_merge_paths_and_instruction_sets_agree(monkeypatch, h, w, c, t, o, halo, r):
+    """The SIMD paths (AVX2: the fused uint8 kernel for 1 and 3 channels, which writes ahead
+    into segments to its right), the per-pixel path (what the CUDA kernels run) and the
+    portable / AVX2 builds give identical bits, non-finite tile values included, and write
+    nothing outside a pitched output crop."""
+    grid = TileGrid(h, w, t, o, halo, r)
+    tiles = np.random.default_rng(1).standard_normal((len(grid), c, t, t)).astype(F32)
+    tiles.reshape(-1)[::997] = np.nan
+    tiles.reshape(-1)[5::1009] = np.inf
+    tiles.reshape(-1)[7::1013] = -np.inf
     results = []
     for isa in ("generic", "auto"):
         monkeypatch.setenv("EDGERESTORE_TILES_ISA", isa)
         assert isa == "auto" or tilelib.cpu_isa() == "generic"
         for pixelwise in (False, True):
+            canvas = np.full((h + 3, w + 9, c), 7, np.uint8)
+            tilelib.merge_u8(tiles, grid, -1, 1, out=canvas[1:h + 1, 2:w + 2], pixelwise=pixelwise)
+            unit = tilelib.merge_u8(tiles, grid, pixelwise=pixelwise)
             results.append((tilelib.merge(tiles, grid, pixelwise=pixelwise).view(np.uint32),
-                            tilelib.merge_u8(tiles, grid, -1, 1, pixelwise=pixelwise)))
-    for f, u in results[1:]:
+                            canvas[1:h + 1, 2:w + 2].copy(), unit))
+            canvas[1:h + 1, 2:w + 2] = 7
+            assert np.all(canvas == 7), (isa, pixelwise)  # nothing written outside the crop
+    for f, u, unit in results[1:]:
         assert np.array_equal(f, results[0][0]) and np.array_equal(u, results[0][1])
+        assert np.array_equal(unit, results[0][2])
 
 
 # ---------------------------------------------------------------- (3) extract == slicing

@@ -29,8 +29,9 @@
 // The merge kernels (second half of this file) are compiled twice on x86-64 with GCC: once
 // for the baseline ISA and once for AVX2 (this file includes itself), picked at run time by
 // CPU detection; EDGERESTORE_TILES_ISA=generic forces the portable ones. The AVX2 build adds
-// intrinsic forms of the uint8 finalization and of the RGB interleave, operation for operation
-// those of tiles.h. Same bits either way (no FMA contraction, IEEE single operations only;
+// intrinsic forms of the uint8 finalization and of the RGB float interleave, and a fused uint8
+// merge for 1 and 3 channels (gather, finalize and HWC store in one pass over registers),
+// operation for operation those of tiles.h. Same bits either way (no FMA contraction, IEEE single operations only;
 // tests/test_tile_kernels.py compares the paths and a numpy float32 reference bit for bit).
 #ifndef ER_TILES_CPU_KERNELS
 #include <stdint.h>
@@ -38,6 +39,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -275,9 +277,13 @@ inline int round_up(int n) { return (n + kLanes - 1) / kLanes * kLanes; }
 #if defined(__GNUC__)
 #define ER_INLINE inline __attribute__((always_inline))
 #define ER_PREFETCH(p) __builtin_prefetch(p)
+#define ER_PREFETCH_L2(p) __builtin_prefetch(p, 0, 2)
+#define ER_PREFETCH_W(p) __builtin_prefetch(p, 1)
 #else
 #define ER_INLINE inline
 #define ER_PREFETCH(p) ((void)0)
+#define ER_PREFETCH_L2(p) ((void)0)
+#define ER_PREFETCH_W(p) ((void)0)
 #endif
 
 // Rows ahead that a block prefetches from each tile it reads: the tile rows of a narrow
@@ -286,10 +292,17 @@ inline int round_up(int n) { return (n + kLanes - 1) / kLanes * kLanes; }
 #define ER_PREFETCH_ROWS 6
 #endif
 constexpr int kPrefetchRows = ER_PREFETCH_ROWS;
+
 ER_INLINE void prefetch_run(const float* p, int n, const float* end) {
     for (int i = 0; i < n; i += 16)
         if (p + i < end) ER_PREFETCH(p + i);
     if (p + n - 1 < end) ER_PREFETCH(p + n - 1);
+}
+
+ER_INLINE void prefetch_far(const float* p, int n, const float* end) {  // into L2 (prefetcht1): read later
+    for (int i = 0; i < n; i += 16)
+        if (p + i < end) ER_PREFETCH_L2(p + i);
+    if (p + n - 1 < end) ER_PREFETCH_L2(p + n - 1);
 }
 
 // Per-thread scratch for one block row (rows of `stride` = tile rounded up to kLanes):
@@ -394,31 +407,6 @@ ER_INLINE void k_interleave(T* __restrict row, const T* __restrict planar, int s
         for (int c = 0; c < NC; ++c) row[(int64_t)i * step + c] = planar[c * stride + i];
 }
 #ifdef ER_KERNELS_AVX2
-// RGB uint8: 8 pixels at a time, each pixel's bytes gathered into one 32-bit lane
-// (r | g << 8 | b << 16), then packed to 24 bytes with a byte shuffle.
-template <>
-ER_INLINE void k_interleave<3, true, uint8_t>(uint8_t* __restrict row, const uint8_t* __restrict planar, int stride,
-                                              int, int n) {
-    const __m256i pack = _mm256_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1,  //
-                                          0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1);
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256i r = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(planar + i)));
-        const __m256i g = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(planar + stride + i)));
-        const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(planar + 2 * stride + i)));
-        const __m256i rgb = _mm256_shuffle_epi8(
-            _mm256_or_si256(r, _mm256_or_si256(_mm256_slli_epi32(g, 8), _mm256_slli_epi32(b, 16))), pack);
-        const __m128i lo = _mm256_castsi256_si128(rgb), hi = _mm256_extracti128_si256(rgb, 1);
-        uint8_t* o = row + (int64_t)3 * i;
-        const int lo_tail = _mm_cvtsi128_si32(_mm_srli_si128(lo, 8)), hi_tail = _mm_cvtsi128_si32(_mm_srli_si128(hi, 8));
-        _mm_storel_epi64((__m128i*)o, lo);
-        std::memcpy(o + 8, &lo_tail, 4);
-        _mm_storel_epi64((__m128i*)(o + 12), hi);
-        std::memcpy(o + 20, &hi_tail, 4);
-    }
-    for (; i < n; ++i)
-        for (int c = 0; c < 3; ++c) row[(int64_t)3 * i + c] = planar[c * stride + i];
-}
 // RGB float32: 4 pixels (three planar vectors) -> 12 interleaved floats with 7 shuffles.
 template <>
 ER_INLINE void k_interleave<3, true, float>(float* __restrict row, const float* __restrict planar, int stride, int,
@@ -449,6 +437,182 @@ struct MergePlan {
     int w_stride;
     const float* tiles_end;     // one past the last tile element (guards the padded reads)
 };
+
+#ifdef ER_KERNELS_AVX2
+// ---------------------------------------------------------------- fused uint8 merge (AVX2)
+// The uint8 merge of 1 or 3 channels in one pass: for 8 pixels at a time the covering tiles'
+// terms are summed in registers (tile order, the operations of er::gather_pixel), finalized
+// (v_mapped / clamp / x255 / round half to even, those of er::finalize_u8_value) and stored
+// interleaved straight into the frame, with no scratch rows in between. A run whose length is
+// not a multiple of 8 writes up to 7 pixels past its end; they belong to x segments to the
+// right, which the same thread writes later (segments of a block row are done in order); a run
+// whose padded end would pass the frame's right edge ends with per-pixel gathers instead.
+
+// round(clamp01(v) * 255) as int32 lanes in [0, 255]. vcvtps2dq rounds in the MXCSR mode,
+// round-half-to-even unless a caller changed it: the mode er::round_even's 2^23 trick (the
+// portable kernels) relies on as well, so both give np.rint's bits under the same condition.
+ER_INLINE __m256i v_u8_lanes(__m256 v) {
+    v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(1.0f));
+    return _mm256_cvtps_epi32(_mm256_mul_ps(v, _mm256_set1_ps(255.0f)));
+}
+template <int NC>
+ER_INLINE void v_store_pixels(uint8_t* o, const __m256i (&q)[NC]) {  // 8 pixels, NC bytes each, exactly
+    if constexpr (NC == 1) {
+        const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(q[0]), _mm256_extracti128_si256(q[0], 1));
+        _mm_storel_epi64((__m128i*)o, _mm_packus_epi16(w, w));
+    } else {
+        // per 128-bit lane (pixels 0-3 | 4-7): bytes r0-3 g0-3 b0-3 b0-3 -> r0 g0 b0 ... b3, then
+        // the two 12-byte halves made contiguous: 24 bytes.
+        const __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[2]));
+        const __m256i order = _mm256_setr_epi8(0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11, -1, -1, -1, -1,  //
+                                               0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11, -1, -1, -1, -1);
+        const __m256i dense = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(bytes, order),
+                                                          _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 7, 7));
+        _mm_storeu_si128((__m128i*)o, _mm256_castsi256_si128(dense));
+        _mm_storel_epi64((__m128i*)(o + 16), _mm256_extracti128_si256(dense, 1));
+    }
+}
+
+constexpr int kMaxTerms = 16;  // covering tiles per pixel handled by the fused loop
+constexpr int kOutAhead = 2;   // frame rows ahead whose bytes are prefetched for writing
+
+// One row of a run: K covering tiles (src[k]: the run's first pixel, channel 0; wy[k]; wx[k]:
+// the column weights from the run's first pixel), `vectors` groups of 8 pixels. KT > 0 fixes
+// K at compile time (the common 1, 2 and 4 covers: pointers stay in registers).
+template <int NC, int KT, typename F>
+ER_INLINE void fused_row(uint8_t* __restrict o, const float* const* src, const float* wy, const float* const* wx,
+                         int K, int64_t plane, int vectors, const F& f) {
+    const int terms = KT > 0 ? KT : K;
+    for (int v = 0; v < vectors; ++v) {
+        const int i = 8 * v;
+        __m256 acc[NC], ws = _mm256_setzero_ps();
+        for (int c = 0; c < NC; ++c) acc[c] = _mm256_setzero_ps();
+        for (int k = 0; k < terms; ++k) {
+            const __m256 w = _mm256_min_ps(_mm256_set1_ps(wy[k]), _mm256_loadu_ps(wx[k] + i));  // er::fmin_
+            ws = _mm256_add_ps(ws, w);
+            for (int c = 0; c < NC; ++c)
+                acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(w, _mm256_loadu_ps(src[k] + c * plane + i)));
+        }
+        __m256i q[NC];
+        for (int c = 0; c < NC; ++c) q[c] = v_u8_lanes(v_mapped(f, _mm256_div_ps(acc[c], ws)));
+        v_store_pixels<NC>(o + NC * i, q);
+    }
+}
+// The same for a run covered by one tile of weight 1: finalize(0 + 1 * v, 0 + 1), with
+// 0 + v dropped too: it only turns -0 into +0, which the clamp maps to 0 either way (any lo).
+template <int NC, typename F>
+ER_INLINE void fused_row_unit(uint8_t* __restrict o, const float* __restrict src, int64_t plane, int vectors,
+                              const F& f) {
+    for (int v = 0; v < vectors; ++v) {
+        const int i = 8 * v;
+        __m256i q[NC];
+        for (int c = 0; c < NC; ++c)
+            q[c] = v_u8_lanes(v_mapped(f, _mm256_loadu_ps(src + c * plane + i)));
+        v_store_pixels<NC>(o + NC * i, q);
+    }
+}
+
+// Rows [ys.p0, ys.p1) of x segment xseg into the HWC frame (C == NC). Everything but the
+// row's tile pointers and y weights is set up once per block.
+template <int NC, typename F>
+void fused_block(const TileGeometry& g, const float* tiles, const MergePlan& plan, size_t xseg, const Segment& ys,
+                 uint8_t* out, int64_t pitch, const F& f) {
+    const Segment& xs = plan.xsegs[xseg];
+    const int T = g.tile, x0 = xs.p0, n = xs.p1 - xs.p0, rows = ys.p1 - ys.p0;
+    const int64_t plane = er::tile_plane(g);
+    const int ky = er::span_size(ys.span), kx = er::span_size(xs.span), K = ky * kx;
+    int vectors = 0;  // per row; pixels past 8 * vectors get per-pixel gathers
+    const float* base[kMaxTerms];  // tile element (row ys.p0, channel 0) of each covering tile
+    const float* wy_of[kMaxTerms];  // its y weights from row ys.p0
+    const float* wx[kMaxTerms];
+    const float* ahead[kMaxTerms];  // per covering tile row: row ys.p0 of the tile right of the covering ones
+    if (K <= kMaxTerms) {
+        const float* end = nullptr;  // furthest tile element a padded vector of the last row reads
+        for (int a = 0, k = 0; a < ky; ++a) {
+            const int ty = er::span_tile(ys.span, a, g.tiles_y);
+            const int oy = er::axis_origin(ty, g.tiles_y, g.height, T, g.stride);
+            for (int b = 0; b < kx; ++b, ++k) {
+                const int tx = er::span_tile(xs.span, b, g.tiles_x);
+                const int s0 = x0 - er::axis_origin(tx, g.tiles_x, g.width, T, g.stride);
+                base[k] = tiles + er::tile_index(g, (int64_t)ty * g.tiles_x + tx, 0, ys.p0 - oy, s0);
+                wy_of[k] = plan.wy.data() + (size_t)ty * plan.w_stride + (ys.p0 - oy);
+                wx[k] = plan.wx.data() + (size_t)tx * plan.w_stride + s0;
+                if (b == kx - 1 && tx + 1 < g.tiles_x)
+                    ahead[a] = tiles + er::tile_index(g, (int64_t)ty * g.tiles_x + tx + 1, 0, ys.p0 - oy, 0);
+                else if (b == kx - 1)
+                    ahead[a] = nullptr;
+                end = std::max(end, base[k] + (int64_t)(rows - 1) * T + (NC - 1) * plane + (n + 7) / 8 * 8);
+            }
+        }
+        vectors = x0 + (n + 7) / 8 * 8 <= g.width && end <= plan.tiles_end ? (n + 7) / 8 : n / 8;
+    }
+    const bool unit = K == 1 && plan.xunit[xseg];
+    const float* src[kMaxTerms];
+    float wy[kMaxTerms];
+    for (int r = 0; r < rows; ++r) {
+        const int y = ys.p0 + r;
+        uint8_t* o = out + y * pitch + (int64_t)x0 * NC;
+        int done = 0;  // pixels written by the vector loops
+        if (K <= kMaxTerms) {
+            for (int k = 0; k < K; ++k) {
+                src[k] = base[k] + (int64_t)r * T;
+                wy[k] = wy_of[k][r];
+            }
+            // Software prefetches (measured on benchmarks/merge.py; the hardware prefetchers do not
+            // follow 252-byte tile rows across ~100 streams): the frame bytes this segment writes
+            // two rows down (stores that miss stall the pipeline), and this row of the tile to
+            // the right of the covering ones, which the next segment or two read.
+            if (r + kOutAhead < rows) {
+                const uint8_t* q = o + kOutAhead * pitch;
+                for (int j = 0; j < n * NC; j += 64) ER_PREFETCH_W(q + j);
+                ER_PREFETCH_W(q + n * NC - 1);
+            }
+            for (int a = 0; a < ky; ++a)
+                if (ahead[a])
+                    for (int c = 0; c < NC; ++c) prefetch_far(ahead[a] + (int64_t)r * T + c * plane, T, plan.tiles_end);
+            if (unit && wy[0] == 1.0f)
+                fused_row_unit<NC>(o, src[0], plane, vectors, f);
+            else if (K == 1)
+                fused_row<NC, 1>(o, src, wy, wx, K, plane, vectors, f);
+            else if (K == 2)
+                fused_row<NC, 2>(o, src, wy, wx, K, plane, vectors, f);
+            else if (K == 4)
+                fused_row<NC, 4>(o, src, wy, wx, K, plane, vectors, f);
+            else
+                fused_row<NC, 0>(o, src, wy, wx, K, plane, vectors, f);
+            done = std::min(n, 8 * vectors);
+        }
+        for (int i = done; i < n; ++i) {  // per-pixel gathers of tiles.h: a row's tail at the frame edge, extreme overlaps
+            float a[er::kChannelChunk];
+            const float wsum = er::gather_pixel(g, tiles, y, x0 + i, 0, NC, a);
+            for (int c = 0; c < NC; ++c) o[(int64_t)NC * i + c] = f(a[c], wsum);
+        }
+    }
+}
+
+template <typename F>
+void fused_merge_u8(const TileGeometry& g, const float* tiles, const MergePlan& plan, uint8_t* out, int64_t pitch,
+                    const F& f) {
+    // Tasks: bands of at most kTaskRows rows of one y segment, each done across the whole
+    // width, segments left to right (what the write-ahead above needs); small enough that the
+    // last task does not leave the other threads idle for long.
+    constexpr int kTaskRows = 16;
+    std::vector<Segment> tasks;
+    for (const Segment& ys : plan.ysegs) {
+        const int rows = ys.p1 - ys.p0, parts = (rows + kTaskRows - 1) / kTaskRows;
+        for (int i = 0; i < parts; ++i) tasks.push_back({ys.p0 + rows * i / parts, ys.p0 + rows * (i + 1) / parts, ys.span});
+    }
+    const int64_t ntasks = (int64_t)tasks.size();
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t t = 0; t < ntasks; ++t)
+        for (size_t xseg = 0; xseg < plan.xsegs.size(); ++xseg) {
+            if (g.channels == 3)
+                fused_block<3>(g, tiles, plan, xseg, tasks[(size_t)t], out, pitch, f);
+            else
+                fused_block<1>(g, tiles, plan, xseg, tasks[(size_t)t], out, pitch, f);
+        }
+}
+#endif
 
 // The gather over a block of output pixels that share their covering tiles: rows
 // [ys.p0, ys.p1) x columns [xs.p0, xs.p1), channels [c0, c0 + NC). For each pixel the terms
@@ -557,6 +721,10 @@ void merge_blocks(const TileGeometry& g, const float* tiles, typename Final::Out
         plan.xunit.push_back(unit);
     }
     plan.tiles_end = tiles + er::tile_count(g) * g.channels * er::tile_plane(g);
+#ifdef ER_KERNELS_AVX2
+    if constexpr (!std::is_same_v<typename Final::Out, float>)
+        if (g.channels == 1 || g.channels == 3) return fused_merge_u8(g, tiles, plan, out, pitch, final_value);
+#endif
     const int64_t nyseg = (int64_t)plan.ysegs.size(), nxseg = (int64_t)plan.xsegs.size();
 #pragma omp parallel
     {
