@@ -27,6 +27,9 @@ from .scales import StageRanges
 from .sources import Sample
 
 Progress = Callable[[str, int, int], None]
+# Stage input rows (tiles, or whole crops) kept per stage for the bias correction: its
+# per-channel means need far fewer samples than the ranges' tails.
+FEED_ROWS = 256
 
 
 @dataclass
@@ -37,6 +40,9 @@ class Capture:
     tiles: int = 0
     # switch -> number of tiles per branch, over the whole calibration set
     routing: dict[str, list[int]] = field(default_factory=dict)
+    # stage -> the first FEED_ROWS rows of its inputs (batches as the executor fed them), for
+    # the bias correction after quantization
+    feeds: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
 
     def amax(self) -> dict[str, dict[str, float]]:
         """stage -> tensor -> amax, for the stages that saw data."""
@@ -67,6 +73,10 @@ def capture(bundle: Bundle, samples: Iterable[Sample], method: str, workdir: Pat
         if stage not in result.ranges:
             result.ranges[stage] = StageRanges(stage, bundle.stage_path(stage, "fp32"), method, workdir / label)
         result.ranges[stage].collect(feeds)
+        kept = result.feeds.setdefault(stage, [])
+        room = FEED_ROWS - sum(len(next(iter(batch.values()))) for batch in kept)
+        if room > 0:
+            kept.append({name: np.array(value[:room]) for name, value in feeds.items()})
 
     restorer.executor.stage_hooks.append(hook)
     for index, sample in enumerate(samples):

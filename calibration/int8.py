@@ -21,6 +21,7 @@ from edgerestore.runtime.errors import EdgeRestoreError
 
 from . import trt_cache
 from .accuracy import Score, routing_agreement, score
+from .bias_correction import correct_biases
 from .capture import Capture, capture, is_routed
 from .policy import Layer, SearchResult, all_layers, default_fp32_layers, sensitivity_search
 from .quantize import quantize_stage
@@ -44,6 +45,7 @@ class Int8Options:
     max_drop: float | None = None
     trt_version: str = trt_cache.DEFAULT_TRT_VERSION
     route_agnostic: bool = False  # routed models: ship the route-agnostic scales instead
+    bias_correction: bool = True  # correct each INT8 convolution's mean shift (calibration/bias_correction.py)
 
     def __post_init__(self):
         check_method(self.method)
@@ -109,8 +111,12 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
         amax_aware, fallback = _route_aware_amax(bundle, aware, agnostic)
         amax_agnostic = agnostic.amax() if agnostic is not None else None
     shipped, other = (amax_agnostic, amax_aware) if options.route_agnostic and routed else (amax_aware, amax_agnostic)
+    # each set of ranges is bias-corrected on the tiles it was calibrated on
+    feeds_of = {id(amax_aware): aware.feeds, id(amax_agnostic): agnostic.feeds if agnostic else aware.feeds}
+    if not options.bias_correction:
+        feeds_of = {}
 
-    writer = _StageWriter(root, bundle)
+    writer = _StageWriter(root, bundle, feeds_of, progress)
     layers = all_layers(bundle)
     search = None
     fp32_score = score(writer.bundle(), held, "fp32") if held else None
@@ -139,7 +145,7 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
     caches, effective = _write_caches(root, report.trt_header, shipped, scales)
     report.seconds = time.perf_counter() - start
     _write_calibration_json(root, options, report, shipped, amax_aware, amax_agnostic, effective, caches,
-                            fallback, aware, agnostic, fp32_layers)
+                            fallback, aware, agnostic, fp32_layers, writer.shifts)
     return writer.manifest(caches, final=True), report
 
 
@@ -160,22 +166,29 @@ def _route_aware_amax(bundle: Bundle, aware: Capture, agnostic: Capture | None):
 
 class _StageWriter:
     """Writes ``<stage>.int8.onnx`` into the bundle being built and keeps its manifest in
-    step, re-quantizing only the stages whose ranges or FP32 layers changed."""
+    step, re-quantizing only the stages whose ranges or FP32 layers changed. With feeds
+    (per set of ranges, by id: stage -> input batches) each written stage is bias-corrected."""
 
-    def __init__(self, root: Path, bundle: Bundle):
+    def __init__(self, root: Path, bundle: Bundle, feeds_of: dict[int, dict] | None = None,
+                 progress: Progress = lambda *_: None):
         self.root, self.stages = root, list(bundle.stages)
         self.fp32 = {stage: bundle.stage_path(stage, "fp32") for stage in self.stages}
         self.base = json.loads((root / MANIFEST).read_text())
         self.written: dict[str, tuple[str, frozenset]] = {}
         self.scales: dict[str, dict[str, float]] = {}
+        self.feeds_of, self.progress = feeds_of or {}, progress
+        self.shifts: dict[str, dict[str, list[float]]] = {}  # stage -> conv output -> bias shift removed
 
     def write(self, amax: dict[str, dict[str, float]], fp32_layers: set[Layer]) -> dict[str, dict[str, float]]:
+        feeds = self.feeds_of.get(id(amax), {})
         for stage in self.stages:
             nodes = frozenset(node for s, node in fp32_layers if s == stage)
-            key = (json.dumps(amax[stage], sort_keys=True), nodes)
+            key = (json.dumps(amax[stage], sort_keys=True), nodes, bool(feeds.get(stage)))
             if self.written.get(stage) != key:
-                self.scales[stage] = quantize_stage(self.fp32[stage], self.root / f"{stage}.int8.onnx",
-                                                    amax[stage], sorted(nodes))
+                path = self.root / f"{stage}.int8.onnx"
+                self.scales[stage] = quantize_stage(self.fp32[stage], path, amax[stage], sorted(nodes))
+                if feeds.get(stage):
+                    self.shifts[stage] = correct_biases(self.fp32[stage], path, feeds[stage], self.progress)
                 self.written[stage] = key
         (self.root / MANIFEST).write_text(json.dumps(self.manifest({}, final=False), indent=2) + "\n")
         return dict(self.scales)
@@ -228,7 +241,7 @@ def _write_caches(root: Path, head: str, calibrated: dict[str, dict[str, float]]
 
 
 def _write_calibration_json(root, options, report, shipped, amax_aware, amax_agnostic, effective, caches,
-                            fallback, aware, agnostic, fp32_layers) -> None:
+                            fallback, aware, agnostic, fp32_layers, shifts) -> None:
     data = options.data
     stages = {}
     for stage in effective:
@@ -242,6 +255,8 @@ def _write_calibration_json(root, options, report, shipped, amax_aware, amax_agn
             # what the calibrator measured, per tensor it observed
             "calibrated_amax": shipped[stage],
             "fp32_nodes": [node for s, node in fp32_layers if s == stage],
+            # per convolution output: the per-channel mean shift of INT8 vs FP32 removed from its bias
+            "bias_correction": shifts.get(stage, {}),
             "cache": caches[stage],
             **({"amax_route_agnostic": amax_agnostic[stage], "amax_route_aware": amax_aware[stage],
                 "samples_route_agnostic": agnostic.ranges[stage].rows} if amax_agnostic is not None else {}),

@@ -19,7 +19,9 @@ from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, s
 
 from .scales import COMPUTE_OPS, QUANTIZED_OPS, quiet
 
-EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True}
+# QuantizeBias off: biases stay float (TensorRT quantizes them itself and refuses int32 Q/DQ;
+# `edgerestore check` enforces it).
+EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 
 
 def quantize_stage(fp32: Path, output: Path, amax: dict[str, float], fp32_nodes: list[str]) -> dict[str, float]:

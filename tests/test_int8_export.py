@@ -117,6 +117,16 @@ def test_first_and_last_conv_stay_fp32_with_per_channel_weights(int8_export):
     assert dequantized == [False, True, True, True, False]
     dq = producers[convs[1].input[1]]
     assert numpy_helper.to_array(next(t for t in graph.initializer if t.name == dq.input[1])).shape == (16,)
+    # biases stay float (TensorRT quantizes them) and carry the bias correction: every
+    # convolution's shift is recorded and is what separates the Q/DQ bias from the FP32 one
+    shifts = calibration["stages"]["main"]["bias_correction"]
+    assert sorted(shifts) == sorted(c.output[0] for c in convs)
+    fp32 = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out / "main.onnx")).graph.initializer}
+    int8 = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for conv in convs:
+        assert int8[conv.input[2]].dtype == np.float32
+        np.testing.assert_allclose(int8[conv.input[2]] - fp32[conv.input[2]], shifts[conv.output[0]], atol=1e-6)
+    assert any(np.abs(v).max() > 0 for v in shifts.values())
 
 
 def test_runtime_defaults_to_int8_and_takes_precision(int8_export, calib_dir, run_cli):
@@ -150,3 +160,18 @@ def test_max_drop_search_meets_its_budget(tiny_weights, calib_dir, tmp_path):
     assert calibration["stages"]["main"]["fp32_nodes"] == [n for _, n in search.fp32_layers]
     fp32, int8 = report.scores[0], report.scores[1]
     assert fp32.psnr - int8.psnr <= 1e-9
+
+
+def test_no_bias_correction_keeps_the_fp32_biases(tiny_weights, calib_dir, tmp_path, run_cli):
+    out = tmp_path / "plain"
+    result = run_cli("export", "dncnn", "--weights", tiny_weights, "--int8", "--calib", calib_dir, "--calib-degrade",
+                     "gaussian:25", "--calib-crop", "64", "--calib-images", "3", "--holdout", "2",
+                     "--no-bias-correction", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "calibration.json").read_text())["stages"]["main"]["bias_correction"] == {}
+    fp32 = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out / "main.onnx")).graph.initializer}
+    int8 = onnx.load(str(out / "main.int8.onnx")).graph
+    biases = [n.input[2] for n in int8.node if n.op_type == "Conv"]
+    for t in int8.initializer:
+        if t.name in biases:
+            assert np.array_equal(numpy_helper.to_array(t), fp32[t.name])

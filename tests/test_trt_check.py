@@ -30,11 +30,9 @@ def pathrestore_bundle(tmp_path_factory) -> Path:
 
 
 def with_int8_stages(bundle: Path, out: Path) -> Path:
-    """A copy of ``bundle`` with a Q/DQ INT8 graph per stage, quantized the way TensorRT
-    wants it: ONNX Runtime's QDQ format, symmetric int8, per-channel weights, biases left in
-    float (TensorRT quantizes them itself)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+    """A copy of ``bundle`` with a Q/DQ INT8 graph per stage written by the exporter's own
+    quantizer (calibration/quantize.py), every activation at amax 2."""
+    from edgerestore.calibration.quantize import quantize_stage
 
     shutil.copytree(bundle, out)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -44,18 +42,8 @@ def with_int8_stages(bundle: Path, out: Path) -> Path:
         weights = {t.name for t in graph.initializer}
         tensors = {name for node in graph.node for name in [*node.input, *node.output]
                    if name and name not in weights}
-        ranges = TensorsData(CalibrationMethod.MinMax, {name: (np.array(-2.0, np.float32), np.array(2.0, np.float32))
-                                                        for name in tensors})
         target = out / f"{stage}.int8.onnx"
-        with tempfile.TemporaryDirectory() as tmp:
-            cache = Path(tmp) / "ranges.json"
-            save_tensors_data(ranges, cache)
-            quantize_static(str(source), str(target), None, quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=["Conv", "Gemm", "MatMul"], per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=cache,
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "QuantizeBias": False})
+        quantize_stage(source, target, {name: 2.0 for name in tensors}, [])
         spec["files"]["int8"] = target.name
         spec["sha256"]["int8"] = file_sha256(target)
     (out / "manifest.json").write_text(json.dumps(manifest))

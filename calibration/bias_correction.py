@@ -1,0 +1,101 @@
+"""Empirical bias correction of a Q/DQ stage.
+
+Rounding weights and activations to INT8 shifts the mean of every convolution's output
+(Nagel et al., "Data-Free Quantization", 2019, section 4.2; NNCF's fast bias correction is
+the same idea). Measured on the calibration tiles, per output channel, the shift is
+subtracted from the convolution's bias, one convolution after the other in graph order, so
+that each correction is measured on inputs already corrected upstream (corrected all at
+once, the later layers overshoot: their shift was partly their inputs').
+
+Only the Q/DQ file's float biases change (calibration/quantize.py leaves biases unquantized,
+as TensorRT wants them); the calibration ranges, and so the TensorRT caches, stay as
+calibrated. A TensorRT engine built from the caches (implicit INT8, TensorRT 8.x) reads the
+FP32 graph and so goes without the correction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+Feeds = dict[str, np.ndarray]
+
+
+def _session(model: onnx.ModelProto, outputs: list[str]):
+    import onnxruntime as ort
+
+    from edgerestore.runtime.backends.onnxruntime_backend import SPINNING
+
+    model = _with_outputs(model, outputs)
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", SPINNING)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _with_outputs(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+    extended = onnx.ModelProto()
+    extended.CopyFrom(model)
+    present = {o.name for o in extended.graph.output}
+    for name in outputs:
+        if name not in present:
+            extended.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return extended
+
+
+def channel_means(model: onnx.ModelProto, outputs: list[str], feeds: list[Feeds]) -> dict[str, np.ndarray]:
+    """Per-channel (axis 1) mean of each tensor in ``outputs`` over all ``feeds`` batches."""
+    session = _session(model, outputs)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for batch in feeds:
+        for name, value in zip(outputs, session.run(outputs, batch)):
+            value = np.asarray(value, np.float64)
+            axes = tuple(i for i in range(value.ndim) if i != 1)
+            sums[name] = sums.get(name, 0.0) + value.sum(axis=axes)
+            counts[name] = counts.get(name, 0) + value.size // value.shape[1]
+    return {name: sums[name] / counts[name] for name in outputs}
+
+
+def fp32_name(tensor: str) -> str:
+    return tensor.removesuffix("_QuantizeLinear_Input")
+
+
+def corrected_convolutions(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The convolutions with a float bias initializer, in graph (topological) order."""
+    floats = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    return [n for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 2 and n.input[2] in floats]
+
+
+def _shift_bias(model: onnx.ModelProto, conv: onnx.NodeProto, delta: np.ndarray) -> None:
+    """bias += delta on the convolution's float bias initializer."""
+    bias = next(i for i in model.graph.initializer if i.name == conv.input[2])
+    value = numpy_helper.to_array(bias).astype(np.float64) + delta
+    bias.CopyFrom(numpy_helper.from_array(value.astype(np.float32), bias.name))
+
+
+def correct_biases(fp32: Path, qdq: Path, feeds: list[Feeds],
+                   progress: Callable[[str, int, int], None] = lambda *_: None) -> dict[str, list[float]]:
+    """Rewrites ``qdq`` in place with corrected biases; returns, per convolution output, the
+    per-channel shift that was removed (FP32 mean - INT8 mean before the correction)."""
+    reference_model = onnx.load(str(fp32))
+    model = onnx.load(str(qdq))
+    reference_outputs = {n.output[0] for n in corrected_convolutions(reference_model)}
+    # A convolution is matched by its output tensor: ONNX Runtime keeps the FP32 names, but
+    # for a quantized graph output (that name moves to the DequantizeLinear after it).
+    convs = [(n, fp32_name(n.output[0])) for n in corrected_convolutions(model)
+             if fp32_name(n.output[0]) in reference_outputs]
+    if not convs or not feeds:
+        return {}
+    reference = channel_means(reference_model, [name for _, name in convs], feeds)
+    shifts = {}
+    for i, (conv, name) in enumerate(convs):
+        progress(f"bias correction {conv.name or name}", i, len(convs))
+        delta = reference[name] - channel_means(model, [conv.output[0]], feeds)[conv.output[0]]
+        _shift_bias(model, conv, delta)
+        shifts[name] = [float(v) for v in delta]
+    onnx.save(model, str(qdq))
+    return shifts
