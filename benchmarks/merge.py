@@ -34,13 +34,7 @@ import numpy as np
 
 
 def best_of(fn, repeat: int) -> tuple[float, float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times), float(np.median(times))
+    return interleaved([fn], repeat)[0]
 
 
 def interleaved(fns, repeat: int) -> list[tuple[float, float]]:

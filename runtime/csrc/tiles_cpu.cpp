@@ -31,8 +31,9 @@
 // CPU detection; EDGERESTORE_TILES_ISA=generic forces the portable ones. The AVX2 build adds
 // intrinsic forms of the uint8 finalization and of the RGB float interleave, and a fused uint8
 // merge for 1 and 3 channels (gather, finalize and HWC store in one pass over registers),
-// operation for operation those of tiles.h. Same bits either way (no FMA contraction, IEEE single operations only;
-// tests/test_tile_kernels.py compares the paths and a numpy float32 reference bit for bit).
+// operation for operation those of tiles.h. Same bits either way (no FMA contraction, IEEE
+// single operations only; tests/test_tile_kernels.py compares the paths and a numpy float32
+// reference bit for bit).
 #ifndef ER_TILES_CPU_KERNELS
 #include <stdint.h>
 #include <stdlib.h>
@@ -293,16 +294,12 @@ inline int round_up(int n) { return (n + kLanes - 1) / kLanes * kLanes; }
 #endif
 constexpr int kPrefetchRows = ER_PREFETCH_ROWS;
 
+// Prefetch the cache lines of p[0, n) that lie before end; Far: into L2 only (read later).
+template <bool Far = false>
 ER_INLINE void prefetch_run(const float* p, int n, const float* end) {
     for (int i = 0; i < n; i += 16)
-        if (p + i < end) ER_PREFETCH(p + i);
-    if (p + n - 1 < end) ER_PREFETCH(p + n - 1);
-}
-
-ER_INLINE void prefetch_far(const float* p, int n, const float* end) {  // into L2 (prefetcht1): read later
-    for (int i = 0; i < n; i += 16)
-        if (p + i < end) ER_PREFETCH_L2(p + i);
-    if (p + n - 1 < end) ER_PREFETCH_L2(p + n - 1);
+        if (p + i < end) Far ? ER_PREFETCH_L2(p + i) : ER_PREFETCH(p + i);
+    if (p + n - 1 < end) Far ? ER_PREFETCH_L2(p + n - 1) : ER_PREFETCH(p + n - 1);
 }
 
 // Per-thread scratch for one block row (rows of `stride` = tile rounded up to kLanes):
@@ -348,13 +345,35 @@ ER_INLINE void k_unit(typename F::Out* __restrict out, const float* __restrict s
 #ifdef ER_KERNELS_AVX2
 // AVX2 forms of the uint8 finalization, 8 pixels at a time, operation for operation those of
 // tiles.h: vmaxps(x, 0) is x > 0 ? x : 0 and vminps(x, 1) is x < 1 ? x : 1 (er::fmax_ / fmin_,
-// NaN -> 0 included), vroundps rounds half to even (er::round_even), the value is integral.
-ER_INLINE void v_store_u8(uint8_t* out, __m256 v) {  // round(clamp01(v) * 255) -> 8 bytes
+// NaN -> 0 included); the value is integral. Used by the block kernels (planar scratch rows)
+// and the fused merge below.
+// round(clamp01(v) * 255) as int32 lanes in [0, 255]. vcvtps2dq rounds in the MXCSR mode,
+// round-half-to-even unless a caller changed it: the mode er::round_even's 2^23 trick (the
+// portable kernels) relies on as well, so both give np.rint's bits under the same condition.
+ER_INLINE __m256i v_u8_lanes(__m256 v) {
     v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(1.0f));
-    v = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(255.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256i q = _mm256_cvtps_epi32(v);
-    const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-    _mm_storel_epi64((__m128i*)out, _mm_packus_epi16(w, w));
+    return _mm256_cvtps_epi32(_mm256_mul_ps(v, _mm256_set1_ps(255.0f)));
+}
+template <int NC>
+ER_INLINE void v_store_pixels(uint8_t* o, const __m256i (&q)[NC]) {  // 8 pixels, NC bytes each, exactly
+    if constexpr (NC == 1) {
+        const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(q[0]), _mm256_extracti128_si256(q[0], 1));
+        _mm_storel_epi64((__m128i*)o, _mm_packus_epi16(w, w));
+    } else {
+        // per 128-bit lane (pixels 0-3 | 4-7): bytes r0-3 g0-3 b0-3 b0-3 -> r0 g0 b0 ... b3, then
+        // the two 12-byte halves made contiguous: 24 bytes.
+        const __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[2]));
+        const __m256i order = _mm256_setr_epi8(0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11, -1, -1, -1, -1,  //
+                                               0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11, -1, -1, -1, -1);
+        const __m256i dense = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(bytes, order),
+                                                          _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 7, 7));
+        _mm_storeu_si128((__m128i*)o, _mm256_castsi256_si128(dense));
+        _mm_storel_epi64((__m128i*)(o + 16), _mm256_extracti128_si256(dense, 1));
+    }
+}
+ER_INLINE void v_store_u8(uint8_t* out, __m256 v) {  // round(clamp01(v) * 255) -> 8 bytes
+    const __m256i q[1] = {v_u8_lanes(v)};
+    v_store_pixels<1>(out, q);
 }
 ER_INLINE __m256 v_mapped(const FinalU8Unit&, __m256 average) { return average; }  // (x - 0) / 1 == x
 ER_INLINE __m256 v_mapped(const FinalU8& f, __m256 average) {
@@ -447,31 +466,6 @@ struct MergePlan {
 // not a multiple of 8 writes up to 7 pixels past its end; they belong to x segments to the
 // right, which the same thread writes later (segments of a block row are done in order); a run
 // whose padded end would pass the frame's right edge ends with per-pixel gathers instead.
-
-// round(clamp01(v) * 255) as int32 lanes in [0, 255]. vcvtps2dq rounds in the MXCSR mode,
-// round-half-to-even unless a caller changed it: the mode er::round_even's 2^23 trick (the
-// portable kernels) relies on as well, so both give np.rint's bits under the same condition.
-ER_INLINE __m256i v_u8_lanes(__m256 v) {
-    v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(1.0f));
-    return _mm256_cvtps_epi32(_mm256_mul_ps(v, _mm256_set1_ps(255.0f)));
-}
-template <int NC>
-ER_INLINE void v_store_pixels(uint8_t* o, const __m256i (&q)[NC]) {  // 8 pixels, NC bytes each, exactly
-    if constexpr (NC == 1) {
-        const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(q[0]), _mm256_extracti128_si256(q[0], 1));
-        _mm_storel_epi64((__m128i*)o, _mm_packus_epi16(w, w));
-    } else {
-        // per 128-bit lane (pixels 0-3 | 4-7): bytes r0-3 g0-3 b0-3 b0-3 -> r0 g0 b0 ... b3, then
-        // the two 12-byte halves made contiguous: 24 bytes.
-        const __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[2]));
-        const __m256i order = _mm256_setr_epi8(0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11, -1, -1, -1, -1,  //
-                                               0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11, -1, -1, -1, -1);
-        const __m256i dense = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(bytes, order),
-                                                          _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 7, 7));
-        _mm_storeu_si128((__m128i*)o, _mm256_castsi256_si128(dense));
-        _mm_storel_epi64((__m128i*)(o + 16), _mm256_extracti128_si256(dense, 1));
-    }
-}
 
 constexpr int kMaxTerms = 16;  // covering tiles per pixel handled by the fused loop
 constexpr int kOutAhead = 2;   // frame rows ahead whose bytes are prefetched for writing
@@ -569,7 +563,7 @@ void fused_block(const TileGeometry& g, const float* tiles, const MergePlan& pla
             }
             for (int a = 0; a < ky; ++a)
                 if (ahead[a])
-                    for (int c = 0; c < NC; ++c) prefetch_far(ahead[a] + (int64_t)r * T + c * plane, T, plan.tiles_end);
+                    for (int c = 0; c < NC; ++c) prefetch_run<true>(ahead[a] + (int64_t)r * T + c * plane, T, plan.tiles_end);
             if (unit && wy[0] == 1.0f)
                 fused_row_unit<NC>(o, src[0], plane, vectors, f);
             else if (K == 1)
