@@ -22,18 +22,15 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .scales import cpu_session
+
 Feeds = dict[str, np.ndarray]
 
 
-def _session(model: onnx.ModelProto, outputs: list[str]):
-    import onnxruntime as ort
-
-    from edgerestore.runtime.backends.onnxruntime_backend import SPINNING
-
-    model = _with_outputs(model, outputs)
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", SPINNING)
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+def session_with_outputs(model: onnx.ModelProto, outputs: list[str]):
+    """A session on ``model`` (as ONNX Runtime optimizes it for inference) that also returns
+    the intermediate tensors ``outputs``."""
+    return cpu_session(_with_outputs(model, outputs).SerializeToString(), optimize=True)
 
 
 def _with_outputs(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
@@ -48,7 +45,7 @@ def _with_outputs(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto
 
 def channel_means(model: onnx.ModelProto, outputs: list[str], feeds: list[Feeds]) -> dict[str, np.ndarray]:
     """Per-channel (axis 1) mean of each tensor in ``outputs`` over all ``feeds`` batches."""
-    session = _session(model, outputs)
+    session = session_with_outputs(model, outputs)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for batch in feeds:

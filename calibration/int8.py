@@ -111,19 +111,24 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
         agnostic = capture(bundle, samples, options.method, work, False, progress, len(samples)) if routed else None
         amax_aware, fallback = _route_aware_amax(bundle, aware, agnostic)
         amax_agnostic = agnostic.amax() if agnostic is not None else None
-    shipped, other = (amax_agnostic, amax_aware) if options.route_agnostic and routed else (amax_aware, amax_agnostic)
-    # each set of ranges is bias-corrected on the tiles it was calibrated on
-    feeds_of = {id(amax_aware): aware.feeds, id(amax_agnostic): agnostic.feeds if agnostic else aware.feeds}
+    # Each set of ranges is bias-corrected on the tiles it was calibrated on (a fallback
+    # stage's route-aware ranges are its route-agnostic ones, and so are its tiles).
+    aware_feeds = {**{stage: agnostic.feeds[stage] for stage in fallback if stage in agnostic.feeds}, **aware.feeds}
+    agnostic_feeds = agnostic.feeds if agnostic is not None else {}
+    if options.route_agnostic and routed:
+        (shipped, shipped_feeds), (other, other_feeds) = (amax_agnostic, agnostic_feeds), (amax_aware, aware_feeds)
+    else:
+        (shipped, shipped_feeds), (other, other_feeds) = (amax_aware, aware_feeds), (amax_agnostic, agnostic_feeds)
     if not options.bias_correction:
-        feeds_of = {}
+        shipped_feeds = other_feeds = {}
 
-    writer = _StageWriter(root, bundle, feeds_of, progress)
+    writer = _StageWriter(root, bundle, progress)
     layers = all_layers(bundle)
     search = None
     fp32_score = score(writer.bundle(), held, "fp32") if held else None
     if options.max_drop is not None:
         def psnrs_with(fp32_layers: set[Layer]) -> list[float]:
-            writer.write(shipped, fp32_layers)
+            writer.write(shipped, fp32_layers, shipped_feeds)
             return score(writer.bundle(), held, "int8").per_image
 
         search = sensitivity_search(layers, options.max_drop, fp32_score.per_image, psnrs_with, progress)
@@ -137,9 +142,9 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
     if held:
         progress("scoring FP32 vs INT8 on the held-out crops", 0, 0)
         if other is not None:
-            writer.write(other, set(fp32_layers))
+            writer.write(other, set(fp32_layers), other_feeds)
             report.alternative = score(writer.bundle(), held, "int8", branches_of=fp32_score)
-    scales = writer.write(shipped, set(fp32_layers))
+    scales = writer.write(shipped, set(fp32_layers), shipped_feeds)
     if held:
         report.scores = _score_table(writer.bundle(), held, fp32_score)
         report.routing_agreement = routing_agreement(report.scores[0], report.scores[1])
@@ -167,29 +172,29 @@ def _route_aware_amax(bundle: Bundle, aware: Capture, agnostic: Capture | None):
 
 class _StageWriter:
     """Writes ``<stage>.int8.onnx`` into the bundle being built and keeps its manifest in
-    step, re-quantizing only the stages whose ranges or FP32 layers changed. With feeds
-    (per set of ranges, by id: stage -> input batches) each written stage is bias-corrected."""
+    step, re-quantizing only the stages whose ranges, FP32 layers or correction changed. A
+    stage with feeds (its input batches) is bias-corrected after quantization."""
 
-    def __init__(self, root: Path, bundle: Bundle, feeds_of: dict[int, dict] | None = None,
-                 progress: Progress = lambda *_: None):
+    def __init__(self, root: Path, bundle: Bundle, progress: Progress = lambda *_: None):
         self.root, self.stages = root, list(bundle.stages)
         self.fp32 = {stage: bundle.stage_path(stage, "fp32") for stage in self.stages}
         self.base = json.loads((root / MANIFEST).read_text())
         self.written: dict[str, tuple[str, frozenset]] = {}
         self.scales: dict[str, dict[str, float]] = {}
-        self.feeds_of, self.progress = feeds_of or {}, progress
+        self.progress = progress
         self.shifts: dict[str, dict[str, list[float]]] = {}  # stage -> conv output -> bias shift removed
 
-    def write(self, amax: dict[str, dict[str, float]], fp32_layers: set[Layer]) -> dict[str, dict[str, float]]:
-        feeds = self.feeds_of.get(id(amax), {})
+    def write(self, amax: dict[str, dict[str, float]], fp32_layers: set[Layer],
+              feeds: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
         for stage in self.stages:
             nodes = frozenset(node for s, node in fp32_layers if s == stage)
+            # the same ranges always come with the same feeds: whether they correct is enough
             key = (json.dumps(amax[stage], sort_keys=True), nodes, bool(feeds.get(stage)))
             if self.written.get(stage) != key:
                 path = self.root / f"{stage}.int8.onnx"
                 self.scales[stage] = quantize_stage(self.fp32[stage], path, amax[stage], sorted(nodes))
-                if feeds.get(stage):
-                    self.shifts[stage] = correct_biases(self.fp32[stage], path, feeds[stage], self.progress)
+                self.shifts[stage] = (correct_biases(self.fp32[stage], path, feeds[stage], self.progress)
+                                      if feeds.get(stage) else {})
                 self.written[stage] = key
         (self.root / MANIFEST).write_text(json.dumps(self.manifest({}, final=False), indent=2) + "\n")
         return dict(self.scales)

@@ -71,18 +71,20 @@ class _Once:
         return feeds
 
 
-def _session(path: str):
-    """The calibrator's session as ONNX Runtime builds it (no graph optimization, so every
-    tensor stays observable), but without spinning threads, which would compete with the
-    runtime's own sessions called in between (see runtime/backends/onnxruntime_backend.py)."""
+def cpu_session(model: str | bytes, optimize: bool = False):
+    """An ONNX Runtime CPU session for calibration work, without spinning threads, which would
+    compete with the runtime's own sessions called in between (see
+    runtime/backends/onnxruntime_backend.py). Without ``optimize`` the graph stays as written,
+    so every tensor stays observable (what ONNX Runtime's calibrator builds)."""
     import onnxruntime as ort
 
     from edgerestore.runtime.backends.onnxruntime_backend import SPINNING
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", SPINNING)
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 class StageRanges:
@@ -101,7 +103,7 @@ class StageRanges:
             self._calibrator = create_calibrator(Path(onnx_path), list(QUANTIZED_OPS),
                                                  augmented_model_path=str(workdir / f"{stage}.augmented.onnx"),
                                                  calibrate_method=_ORT_METHOD[method], extra_options=options)
-            self._calibrator.infer_session = _session(self._calibrator.augmented_model_path)
+            self._calibrator.infer_session = cpu_session(self._calibrator.augmented_model_path)
         self.rows = 0  # tiles (or images) seen
 
     def collect(self, feeds: dict[str, np.ndarray]) -> None:

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from edgerestore.calibration.bias_correction import _session, channel_means, correct_biases
+from edgerestore.calibration.bias_correction import channel_means, correct_biases, session_with_outputs
 from edgerestore.calibration.quantize import compute_nodes, quantize_stage
 
 
@@ -42,7 +42,7 @@ def quantized(folder, path, feeds, fp32_nodes, name):
     """Q/DQ model with coarse ranges (4x each tensor's max): a visible mean shift to remove."""
     model = onnx.load(str(path))
     names = [n.output[0] for n in model.graph.node if n.op_type in ("Conv", "Relu")]
-    values = _session(model, names).run(names, feeds[0])
+    values = session_with_outputs(model, names).run(names, feeds[0])
     amax = {"x": 4.0, **{n: 4.0 * float(np.abs(v).max()) for n, v in zip(names, values)}}
     out = folder / name
     quantize_stage(path, out, amax, fp32_nodes)

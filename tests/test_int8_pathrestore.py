@@ -70,6 +70,8 @@ def test_branch_samples_are_the_routed_tiles(routed_int8):
         else:  # no tile went there: the stage falls back to route-agnostic ranges, and says so
             assert stage["calibration"] == "route-agnostic" and f"block{i}.branch" in calibration["route_aware_fallback"]
         assert calibration["stages"][f"block{i}.shared"]["samples"] == tiles
+        # bias-corrected on the tiles its ranges came from, a fallback stage on the agnostic ones
+        assert stage["bias_correction"] and calibration["stages"][f"block{i}.shared"]["bias_correction"]
 
 
 def test_report_compares_route_aware_with_route_agnostic(routed_int8):
@@ -84,3 +86,31 @@ def test_report_compares_route_aware_with_route_agnostic(routed_int8):
     assert 0.0 <= report.routing_agreement <= 1.0
     text = render(report)
     assert "route-aware" in text and "route-agnostic" in text and "block0/" in text
+
+
+def test_branches_no_tile_reaches_are_corrected_on_their_fallback_tiles(tmp_path):
+    """A router that bypasses every tile: each branch stage falls back to route-agnostic
+    ranges, and its bias correction runs on the route-agnostic tiles those ranges came from."""
+    import cv2
+
+    from edgerestore.calibration import FolderSplit, Int8Options
+    from edgerestore.export import write_bundle
+    from edgerestore.models import PathRestore
+
+    data = tmp_path / "color"
+    data.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(data / f"{i}.png"), (structured(i)[..., ::-1] * 255).round().astype(np.uint8))
+    torch.manual_seed(0)
+    model = PathRestore(features=8).eval()
+    with torch.no_grad():
+        model.pathfinder.logits.weight.zero_()
+        model.pathfinder.logits.bias.copy_(torch.tensor([10.0, -10.0]))  # bypass, always
+    options = Int8Options(FolderSplit(data, "gaussian:25", count=2, holdout=2, crop=128), method="minmax")
+    write_bundle(model, "pathrestore", tmp_path / "b", int8=options)
+    calibration = json.loads((tmp_path / "b" / "calibration.json").read_text())
+    branches = [f"block{i}.branch" for i in range(6)]
+    assert all(calibration["routing"][f"block{i}"][1] == 0 for i in range(6))
+    assert sorted(calibration["route_aware_fallback"]) == sorted(branches)
+    for stage in branches:
+        assert calibration["stages"][stage]["bias_correction"], stage
