@@ -54,8 +54,9 @@ def is_routed(bundle: Bundle) -> bool:
 
 
 def capture(bundle: Bundle, samples: Iterable[Sample], method: str, workdir: Path, route_aware: bool = True,
-            progress: Progress = lambda *_: None, total: int = 0) -> Capture:
-    """Run the FP32 bundle over ``samples`` and collect every stage's activation statistics."""
+            progress: Progress = lambda *_: None, total: int = 0, ranges: bool = True) -> Capture:
+    """Run the FP32 bundle over ``samples`` and collect every stage's activation statistics
+    (without ``ranges``: only the feeds)."""
     restorer = Restorer(bundle, backend="onnxruntime", precision="fp32", min_confidence=0.5 if route_aware else 1.0)
     if not route_aware:
         widest = max((len(s["branches"]) for s in switches(bundle.plan).values()), default=1)
@@ -70,9 +71,10 @@ def capture(bundle: Bundle, samples: Iterable[Sample], method: str, workdir: Pat
                 if not np.isfinite(value).all():
                     raise EdgeRestoreError(f"stage '{stage}' {kind} '{name}' has NaN/Inf values on calibration image "
                                            f"'{current['name']}'; cannot calibrate on non-finite activations")
-        if stage not in result.ranges:
-            result.ranges[stage] = StageRanges(stage, bundle.stage_path(stage, "fp32"), method, workdir / label)
-        result.ranges[stage].collect(feeds)
+        if ranges:
+            if stage not in result.ranges:
+                result.ranges[stage] = StageRanges(stage, bundle.stage_path(stage, "fp32"), method, workdir / label)
+            result.ranges[stage].collect(feeds)
         kept = result.feeds.setdefault(stage, [])
         room = FEED_ROWS - sum(len(next(iter(batch.values()))) for batch in kept)
         if room > 0:
@@ -83,7 +85,8 @@ def capture(bundle: Bundle, samples: Iterable[Sample], method: str, workdir: Pat
         current["name"] = sample.name
         if not np.isfinite(sample.degraded).all():
             raise EdgeRestoreError(f"calibration image '{sample.name}' has NaN/Inf values")
-        progress(f"calibrating ({label}, {method}) {sample.name}", index, total)
+        progress(f"calibrating ({label}, {method}) {sample.name}" if ranges else
+                 f"channel statistics ({label}) {sample.name}", index, total)
         restorer.restore(sample.degraded)
         route = restorer.route
         result.images += 1

@@ -23,6 +23,7 @@ from . import trt_cache
 from .accuracy import Score, routing_agreement, score
 from .bias_correction import correct_biases
 from .capture import Capture, capture, is_routed
+from .equalize import DEFAULT_ALPHA, Equalization, equalize_stage
 from .policy import Layer, SearchResult, all_layers, default_fp32_layers, sensitivity_search
 from .quantize import quantize_stage
 from .scales import check_method
@@ -47,6 +48,7 @@ class Int8Options:
     trt_version: str = trt_cache.DEFAULT_TRT_VERSION
     route_agnostic: bool = False  # routed models: ship the route-agnostic scales instead
     bias_correction: bool = True  # correct each INT8 convolution's mean shift (calibration/bias_correction.py)
+    equalize: bool = True  # even out channel ranges of Conv-ReLU-Conv chains first (calibration/equalize.py)
 
     def __post_init__(self):
         check_method(self.method)
@@ -107,6 +109,8 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
 
     with tempfile.TemporaryDirectory(prefix="edgerestore-calib-") as work:
         work = Path(work)
+        equalization = _equalize(root, bundle, samples, routed, progress) if options.equalize else {}
+        bundle = Bundle(root)
         aware = capture(bundle, samples, options.method, work, True, progress, len(samples))
         agnostic = capture(bundle, samples, options.method, work, False, progress, len(samples)) if routed else None
         amax_aware, fallback = _route_aware_amax(bundle, aware, agnostic)
@@ -151,8 +155,28 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
     caches, effective = _write_caches(root, report.trt_header, shipped, scales)
     report.seconds = time.perf_counter() - start
     _write_calibration_json(root, options, report, shipped, amax_aware, amax_agnostic, effective, caches,
-                            fallback, aware, agnostic, fp32_layers, writer.shifts)
+                            fallback, aware, agnostic, fp32_layers, writer.shifts, equalization)
     return writer.manifest(caches, final=True), report
+
+
+def _equalize(root: Path, bundle: Bundle, samples: list[Sample], routed: bool,
+              progress: Progress) -> dict[str, Equalization]:
+    """Equalizes every stage's FP32 file in the bundle being built (and its checksum in the
+    manifest) before anything is calibrated on it. The scales come from the stage inputs of
+    a first pass over the calibration set; a routed model's from its route-agnostic pass,
+    in which every branch sees tiles."""
+    first = capture(bundle, samples, "minmax", Path(), not routed, progress, len(samples), ranges=False)
+    manifest = json.loads((root / MANIFEST).read_text())
+    done = {}
+    for i, (stage, feeds) in enumerate(first.feeds.items()):
+        progress(f"channel equalization {stage}", i, len(first.feeds))
+        path = bundle.stage_path(stage, "fp32")
+        result = equalize_stage(path, feeds, DEFAULT_ALPHA)
+        if result.pairs:
+            manifest["stages"][stage]["sha256"]["fp32"] = file_sha256(path)
+            done[stage] = result
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return done
 
 
 def _route_aware_amax(bundle: Bundle, aware: Capture, agnostic: Capture | None):
@@ -247,7 +271,7 @@ def _write_caches(root: Path, head: str, calibrated: dict[str, dict[str, float]]
 
 
 def _write_calibration_json(root, options, report, shipped, amax_aware, amax_agnostic, effective, caches,
-                            fallback, aware, agnostic, fp32_layers, shifts) -> None:
+                            fallback, aware, agnostic, fp32_layers, shifts, equalization) -> None:
     data = options.data
     stages = {}
     for stage in effective:
@@ -263,6 +287,8 @@ def _write_calibration_json(root, options, report, shipped, amax_aware, amax_agn
             "fp32_nodes": [node for s, node in fp32_layers if s == stage],
             # per convolution output: the per-channel mean shift of INT8 vs FP32 removed from its bias
             "bias_correction": shifts.get(stage, {}),
+            # the Conv-ReLU-Conv rescaling applied to the FP32 file before calibration (None: none)
+            "equalization": equalization[stage].to_json() if stage in equalization else None,
             "cache": caches[stage],
             **({"amax_route_agnostic": amax_agnostic[stage], "amax_route_aware": amax_aware[stage],
                 "samples_route_agnostic": agnostic.ranges[stage].rows} if amax_agnostic is not None else {}),

@@ -162,14 +162,50 @@ def test_max_drop_search_meets_its_budget(tiny_weights, calib_dir, tmp_path):
     assert fp32.psnr - int8.psnr <= 1e-9
 
 
-def test_no_bias_correction_keeps_the_fp32_biases(tiny_weights, calib_dir, tmp_path, run_cli):
+@pytest.fixture(scope="module")
+def plain_export(tiny_weights, tmp_path_factory):
+    from edgerestore.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny_fp32"
+    export_bundle("dncnn", out, tiny_weights)
+    return out
+
+
+def initializers(path):
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_fp32_stage_is_equalized_and_computes_what_the_plain_export_does(int8_export, plain_export):
+    out, _ = int8_export
+    record = json.loads((out / "calibration.json").read_text())["stages"]["main"]["equalization"]
+    assert [p[0] for p in record["pairs"]] == [f"/model/model.{i}/Conv" for i in (0, 2, 4, 6)]
+    assert 0 < record["max_rel_error"] <= 1e-4
+    equalized = Bundle(out).stage_path("main", "fp32")  # checks the manifest's (updated) sha256
+    new, old = initializers(equalized), initializers(plain_export / "main.onnx")
+    assert sorted(new) == sorted(old) and not np.allclose(new["model.0.weight"], old["model.0.weight"])
+    x = np.random.default_rng(3).random((2, 1, 40, 52), dtype=np.float32)
+    a, b = (onnxruntime_output(path, x) for path in (equalized, plain_export / "main.onnx"))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def onnxruntime_output(path, x):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_without_bias_correction_or_equalization_the_fp32_graph_and_biases_stay(tiny_weights, calib_dir, tmp_path,
+                                                                                 run_cli, plain_export):
     out = tmp_path / "plain"
     result = run_cli("export", "dncnn", "--weights", tiny_weights, "--int8", "--calib", calib_dir, "--calib-degrade",
                      "gaussian:25", "--calib-crop", "64", "--calib-images", "3", "--holdout", "2",
-                     "--no-bias-correction", "-o", out)
+                     "--no-bias-correction", "--no-equalize", "-o", out)
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "calibration.json").read_text())["stages"]["main"]["bias_correction"] == {}
-    fp32 = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out / "main.onnx")).graph.initializer}
+    stage = json.loads((out / "calibration.json").read_text())["stages"]["main"]
+    assert stage["bias_correction"] == {} and stage["equalization"] is None
+    fp32 = initializers(out / "main.onnx")
+    assert all(np.array_equal(v, initializers(plain_export / "main.onnx")[k]) for k, v in fp32.items())
     int8 = onnx.load(str(out / "main.int8.onnx")).graph
     biases = [n.input[2] for n in int8.node if n.op_type == "Conv"]
     for t in int8.initializer:
