@@ -31,7 +31,9 @@ from edgerestore.runtime.errors import EdgeRestoreError
 from .bias_correction import Feeds, session_with_outputs
 from .scales import PERCENTILE, cpu_session
 
-# Measured on DnCNN-S / Set12 (README, "INT8 export"): 0.75 beat 0.5 and 1.0.
+# DnCNN-S on Set12, default policy and bias correction (README, "INT8 export"): alpha 0.5,
+# 0.65, 0.7, 0.75, 0.8, 0.85, 1.0 lose 0.086, 0.071, 0.072, 0.063, 0.066, 0.068, 0.085 dB on
+# ONNX Runtime.
 DEFAULT_ALPHA = 0.75
 # Scales are kept within this factor of 1, so no channel is blown up past what FP16 holds
 # (a dead channel, range 0, would otherwise ask for an unbounded one).

@@ -49,12 +49,15 @@ class Int8Options:
     route_agnostic: bool = False  # routed models: ship the route-agnostic scales instead
     bias_correction: bool = True  # correct each INT8 convolution's mean shift (calibration/bias_correction.py)
     equalize: bool = True  # even out channel ranges of Conv-ReLU-Conv chains first (calibration/equalize.py)
+    equalize_alpha: float = DEFAULT_ALPHA  # its weight of activation ranges against weight ranges
 
     def __post_init__(self):
         check_method(self.method)
         self.trt = trt_cache.parse_trt_version(self.trt_version)
         if (self.data is None) == (self.calibration is None):
             raise EdgeRestoreError("INT8 export needs calibration data (--calib DIR)")
+        if not 0 <= self.equalize_alpha <= 1:
+            raise EdgeRestoreError(f"equalization alpha must be in [0, 1], got {self.equalize_alpha}")
         if self.max_drop is not None and not self.max_drop >= 0:
             raise EdgeRestoreError(f"--max-drop must be >= 0 dB, got {self.max_drop}")
 
@@ -109,7 +112,8 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
 
     with tempfile.TemporaryDirectory(prefix="edgerestore-calib-") as work:
         work = Path(work)
-        equalization = _equalize(root, bundle, samples, routed, progress) if options.equalize else {}
+        equalization = (_equalize(root, bundle, samples, routed, options.equalize_alpha, work, progress)
+                        if options.equalize else {})
         bundle = Bundle(root)
         aware = capture(bundle, samples, options.method, work, True, progress, len(samples))
         agnostic = capture(bundle, samples, options.method, work, False, progress, len(samples)) if routed else None
@@ -159,19 +163,19 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
     return writer.manifest(caches, final=True), report
 
 
-def _equalize(root: Path, bundle: Bundle, samples: list[Sample], routed: bool,
+def _equalize(root: Path, bundle: Bundle, samples: list[Sample], routed: bool, alpha: float, work: Path,
               progress: Progress) -> dict[str, Equalization]:
     """Equalizes every stage's FP32 file in the bundle being built (and its checksum in the
     manifest) before anything is calibrated on it. The scales come from the stage inputs of
     a first pass over the calibration set; a routed model's from its route-agnostic pass,
     in which every branch sees tiles."""
-    first = capture(bundle, samples, "minmax", Path(), not routed, progress, len(samples), ranges=False)
+    first = capture(bundle, samples, "minmax", work, not routed, progress, len(samples), ranges=False)
     manifest = json.loads((root / MANIFEST).read_text())
     done = {}
     for i, (stage, feeds) in enumerate(first.feeds.items()):
         progress(f"channel equalization {stage}", i, len(first.feeds))
         path = bundle.stage_path(stage, "fp32")
-        result = equalize_stage(path, feeds, DEFAULT_ALPHA)
+        result = equalize_stage(path, feeds, alpha)
         if result.pairs:
             manifest["stages"][stage]["sha256"]["fp32"] = file_sha256(path)
             done[stage] = result

@@ -157,3 +157,10 @@ def test_a_rewrite_that_changes_the_outputs_is_refused_and_not_written(chain, tm
     with pytest.raises(EdgeRestoreError, match="changed its outputs"):
         eq.equalize_stage(path, feeds)
     assert file_sha256(path) == digest
+
+
+def test_alpha_outside_zero_to_one_is_refused_before_any_work():
+    from edgerestore.calibration import Int8Options
+
+    with pytest.raises(EdgeRestoreError, match="alpha must be in"):
+        Int8Options(calibration=[], equalize_alpha=1.5)
