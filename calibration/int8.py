@@ -24,7 +24,7 @@ from .accuracy import Score, routing_agreement, score
 from .bias_correction import correct_biases
 from .capture import Capture, capture, is_routed
 from .equalize import DEFAULT_ALPHA, Equalization, equalize_stage
-from .policy import Layer, SearchResult, all_layers, default_fp32_layers, sensitivity_search
+from .policy import Layer, SearchResult, all_layers, default_fp32_layers, layer_weights, sensitivity_search
 from .quantize import quantize_stage
 from .scales import check_method
 from .sources import FolderSplit, Sample
@@ -139,7 +139,8 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
             writer.write(shipped, fp32_layers, shipped_feeds)
             return score(writer.bundle(), held, "int8").per_image
 
-        search = sensitivity_search(layers, options.max_drop, fp32_score.per_image, psnrs_with, progress)
+        search = sensitivity_search(layers, options.max_drop, fp32_score.per_image, psnrs_with, progress,
+                                    layer_weights(bundle, layers))
         fp32_layers = search.fp32_layers
     else:
         fp32_layers = default_fp32_layers(bundle)

@@ -211,3 +211,23 @@ def test_sensitivity_search_keeps_the_fewest_costly_layers_with_a_margin():
     assert tight.fp32_layers == [("main", "conv1"), ("main", "conv4"), ("main", "conv0")]
     # all-INT8 within budget: no search at all
     assert sensitivity_search(layers, 0.2, fp32, psnrs).fp32_layers == []
+
+
+def test_sensitivity_search_keeps_cheap_layers_first_per_psnr_and_weight():
+    """A layer with 1/64 of the weights and a third of the cost is kept before the costlier
+    but 64x heavier one: the search minimises FP32 compute, not the layer count."""
+    from edgerestore.calibration.policy import sensitivity_search
+
+    layers = [("main", n) for n in ("first", "middle", "other", "last")]
+    cost = {"first": 0.01, "middle": 0.03, "other": 0.02, "last": 0.005}
+    weights = {("main", "first"): 576, ("main", "middle"): 36864, ("main", "other"): 36864, ("main", "last"): 576}
+
+    def psnrs(kept):
+        loss = sum(cost[n] for _, n in layers if ("main", n) not in kept)
+        return [30.0 - loss, 31.0 - loss]
+
+    result = sensitivity_search(layers, 0.021, [30.0, 31.0], psnrs, weights=weights)
+    assert result.fp32_layers == [("main", "first"), ("main", "last"), ("main", "middle")]
+    assert result.drop_db == pytest.approx(0.02)
+    # without weights: the costliest first
+    assert sensitivity_search(layers, 0.021, [30.0, 31.0], psnrs).fp32_layers == [("main", "middle"), ("main", "other")]

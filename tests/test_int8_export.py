@@ -158,6 +158,10 @@ def test_max_drop_search_meets_its_budget(tiny_weights, calib_dir, tmp_path):
     assert len(search.sensitivity) in (0, 5)  # all five convs ranked, unless all-INT8 already met the budget
     calibration = json.loads((tmp_path / "b" / "calibration.json").read_text())
     assert calibration["stages"]["main"]["fp32_nodes"] == [n for _, n in search.fp32_layers]
+    from edgerestore.calibration.policy import all_layers, layer_weights
+
+    bundle = Bundle(tmp_path / "b")
+    assert list(layer_weights(bundle, all_layers(bundle)).values()) == [144, 2304, 2304, 2304, 144]
     fp32, int8 = report.scores[0], report.scores[1]
     assert fp32.psnr - int8.psnr <= 1e-9
 
