@@ -15,25 +15,20 @@ from edgerestore.calibration.quantize import quantize_stage
 from edgerestore.calibration.scales import cpu_session
 from edgerestore.runtime.bundle import file_sha256
 from edgerestore.runtime.errors import EdgeRestoreError
+from test_bias_correction import ConvChain
 
 
-class UnevenChain(torch.nn.Module):
-    """Conv-ReLU-Conv-ReLU-Conv whose middle activations' channel ranges span 100x."""
+class UnevenChain(ConvChain):
+    """The bias-correction tests' Conv-ReLU-Conv-ReLU-Conv, with middle activations whose
+    channel ranges span 100x."""
 
     def __init__(self):
         super().__init__()
-        torch.manual_seed(0)
-        self.a = torch.nn.Conv2d(3, 16, 3, padding=1)
-        self.b = torch.nn.Conv2d(16, 16, 3, padding=1)
-        self.c = torch.nn.Conv2d(16, 3, 3, padding=1)
         spread = torch.logspace(-1.5, 0.5, 16)
         with torch.no_grad():
             for conv in (self.a, self.b):
                 conv.weight.mul_(spread[:, None, None, None])
                 conv.bias.mul_(spread)
-
-    def forward(self, x):
-        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
 
 
 def export(module, path, inputs, outputs):
