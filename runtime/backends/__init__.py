@@ -7,6 +7,7 @@ callable ``feeds -> outputs`` (dicts of numpy arrays keyed by graph tensor names
 from __future__ import annotations
 
 import importlib
+import importlib.util  # find_spec: `import importlib` alone does not load the submodule
 from pathlib import Path
 from typing import Callable, Protocol
 

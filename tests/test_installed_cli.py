@@ -1,0 +1,53 @@
+"""The installed ``edgerestore`` executable, run as a user runs it: a fresh interpreter per
+command, found on PATH (never ``python -m``, which imports modules a user's process lacks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def _editable() -> bool:
+    from importlib.metadata import distribution
+
+    direct_url = distribution("edgerestore").read_text("direct_url.json")
+    return bool(direct_url and json.loads(direct_url).get("dir_info", {}).get("editable"))
+
+
+def executable() -> str:
+    if _editable():
+        # An editable install's import hook loads modules (importlib.util among them) into
+        # every interpreter of the venv, which hid a `restore` that crashed for every user.
+        pytest.fail("these tests run the CLI as users install it: pip install . (not -e) in this environment")
+    # The console script beside this interpreter (the venv the suite runs in), else PATH.
+    found = shutil.which("edgerestore", path=str(Path(sys.executable).parent)) or shutil.which("edgerestore")
+    if found is None:
+        pytest.fail("no 'edgerestore' executable: install the project (pip install .) before running the tests")
+    return found
+
+
+def edgerestore(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run the installed CLI in a fresh process; a clean environment of the suite's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    return subprocess.run([executable(), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)
+
+
+def test_restore_runs_in_a_fresh_interpreter(small_bundle, tmp_path):
+    from PIL import Image
+
+    source = tmp_path / "noisy.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 52)) * 255).astype(np.uint8)).save(source)
+    out = tmp_path / "clean.png"
+    result = edgerestore("restore", small_bundle, source, "-o", out, "--json", "--backend", "auto")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads(result.stdout)["images"] == 1
+    assert np.asarray(Image.open(out)).shape == (40, 52)
