@@ -193,7 +193,7 @@ def test_training_resumes_where_it_stopped(train_data, tmp_path):
     assert steps[0] == (9, "finetune:noise") and steps[-1] == (26, "classifier")
     assert out.exists()
     # the masked filters' training moved nothing but the masked filters
-    state = torch.load(out.with_name("aio.pth.state"), weights_only=False)
+    state = torch.load(out.with_name("aio.pth.state"), weights_only=True)
     um, net = state["unified"], state["filters"]["blur"][3.0]
     chosen = [PlainNet(3, 6, 3).filters()[i] for i in top_filters(state["faig"]["blur"], 3.0)]
     for name, value in um.items():

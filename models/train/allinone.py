@@ -51,11 +51,11 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from edgerestore.runtime import degrade, imageio
-from edgerestore.runtime.atomic import atomic_file
 from edgerestore.runtime.errors import EdgeRestoreError
 
 from ..allinone import DEGRADATIONS, KINDS, AllInOne, DegradationClassifier, PlainNet, check_degradations, q_key
 from ..checkpoint import save_checkpoint
+from .state import load_state, pack_numpy_rng, save_state, unpack_numpy_rng
 
 MARGIN = 12  # pixels degraded around each patch, then cut away (blur reaches 3 sigma = 9 at sigma 3)
 CLASSIFIER_SIZES = (64, 80, 96, 112, 128)
@@ -218,10 +218,7 @@ class Trainer:
 
     # -- state ------------------------------------------------------------------------
     def _resume(self) -> None:
-        try:
-            state = torch.load(self.state_path, weights_only=False)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is one user-facing error
-            raise EdgeRestoreError(f"cannot resume from '{self.state_path}' ({err}); delete it to start over") from None
+        state = load_state(self.state_path)
         saved = state.get("config", {})
         changed = [k for k in ARCHITECTURE if saved.get(k) != asdict(self.config)[k]]
         if changed:
@@ -229,15 +226,14 @@ class Trainer:
             raise EdgeRestoreError(f"'{self.state_path}' was written with --{k.replace('_', '-')} {saved.get(k)}, "
                                    f"not {asdict(self.config)[k]}; use the same options or delete it to start over")
         self.state = {**self.state, **state}  # keys of stages a newer version added start empty
-        self.data.rng.set_state(state["data_rng"])
+        unpack_numpy_rng(self.data.rng, state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
 
     def _save(self) -> None:
-        self.state["data_rng"] = self.data.rng.get_state()
+        self.state["data_rng"] = pack_numpy_rng(self.data.rng)
         self.state["torch_rng"] = torch.get_rng_state()
         self.state["config"] = asdict(self.config)
-        with atomic_file(self.state_path) as tmp:
-            torch.save(self.state, tmp)
+        save_state(self.state_path, self.state)
 
     def _position(self, stage: Stage) -> int:
         current = self.state["current"]

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgerestore.runtime.atomic import atomic_file
 
 from ..checkpoint import save_checkpoint
 from ..pathrestore import PathRestore
 from .data import NoisyPatches
+from .state import load_state, pack_numpy_rng, save_state, unpack_numpy_rng
 
 SCALE = 255.0 ** 2  # rewards in 8-bit MSE units
 
@@ -169,12 +169,12 @@ def train(config: TrainConfig, progress: Callable[[dict], None] = lambda _: None
     step, seconds = 0, 0.0
     total = config.stage1_steps + config.stage2_steps
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = load_state(state_path)
         model.load_state_dict(state["model"])
         net_opt.load_state_dict(state["net_opt"])
         pf_opt.load_state_dict(state["pf_opt"])
         step, seconds = state["step"], state["seconds"]
-        data.rng.set_state(state["data_rng"])
+        unpack_numpy_rng(data.rng, state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         for group in pf_opt.param_groups:  # the command line wins over the saved learning rate
             group["lr"] = config.pathfinder_lr
@@ -228,7 +228,6 @@ def train(config: TrainConfig, progress: Callable[[dict], None] = lambda _: None
 
 
 def _save_state(path: Path, model, net_opt, pf_opt, step, seconds, data, config) -> None:
-    with atomic_file(path) as tmp:
-        torch.save({"model": model.state_dict(), "net_opt": net_opt.state_dict(), "pf_opt": pf_opt.state_dict(),
-                    "step": step, "seconds": seconds, "data_rng": data.rng.get_state(),
-                    "torch_rng": torch.get_rng_state(), "config": asdict(config)}, tmp)
+    save_state(path, {"model": model.state_dict(), "net_opt": net_opt.state_dict(), "pf_opt": pf_opt.state_dict(),
+                      "step": step, "seconds": seconds, "data_rng": pack_numpy_rng(data.rng),
+                      "torch_rng": torch.get_rng_state(), "config": asdict(config)})

@@ -24,7 +24,6 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from edgerestore.runtime.atomic import atomic_file
 from edgerestore.runtime.errors import EdgeRestoreError
 
 from ..base import RestorationModel
@@ -32,6 +31,7 @@ from ..checkpoint import save_checkpoint
 from ..deblurganv2 import DeblurGANv2, SeparableConv2d
 from ..memnet import MemNet
 from ..srn import SRN, resize_bilinear
+from .state import load_state, pack_numpy_rng, save_state, unpack_numpy_rng
 
 
 @dataclass
@@ -160,15 +160,15 @@ def train(config: SupervisedConfig, progress: Callable[[dict], None] = lambda _:
     optimizer = torch.optim.Adam(model.parameters(), config.lr)
     step, seconds, cpu_seconds, psnr_avg = 0, 0.0, 0.0, None
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        if state["config"] != _comparable(config):
+        state = load_state(state_path)
+        if state.get("config") != _comparable(config):
             raise EdgeRestoreError(f"'{state_path}' was saved by a run with other settings; rerun with those or "
                                    "delete it to start over")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, seconds, psnr_avg = state["step"], state["seconds"], state["psnr"]
         cpu_seconds = state.get("cpu_seconds", 0.0)
-        data.rng.set_state(state["data_rng"])
+        unpack_numpy_rng(data.rng, state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
     else:
         recipe.init(model)
@@ -209,7 +209,6 @@ def train(config: SupervisedConfig, progress: Callable[[dict], None] = lambda _:
 
 
 def _save_state(path: Path, model, optimizer, step, seconds, cpu_seconds, psnr, data, config) -> None:
-    with atomic_file(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "seconds": seconds, "cpu_seconds": cpu_seconds, "psnr": psnr, "data_rng": data.rng.get_state(),
-                    "torch_rng": torch.get_rng_state(), "config": _comparable(config)}, tmp)
+    save_state(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                      "seconds": seconds, "cpu_seconds": cpu_seconds, "psnr": psnr, "data_rng": pack_numpy_rng(data.rng),
+                      "torch_rng": torch.get_rng_state(), "config": _comparable(config)})
