@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
 
 from . import backends, imageio
 from .errors import EdgeRestoreError
@@ -132,6 +133,7 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
     from rich.progress import Progress
 
     executed = full = 0.0
+    shares = []  # per image, as eval and streams average them
     with Progress(transient=True, disable=len(files) < 2) as bar:
         task = bar.add_task("restoring", total=len(files))
         for source, target in zip(files, targets):
@@ -140,6 +142,7 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
             imageio.write_image(target, imageio.from_float(restored, image.bit_depth), image.alpha)
             executed += restorer.route.macs.sum()
             full += restorer.route.full_macs * len(restorer.route.macs)
+            shares.append(restorer.route.cheap_share(restorer.bundle.plan))
             bar.advance(task)
     if route_map is not None:
         from .routemap import route_map as render
@@ -150,7 +153,7 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
     summary = {"images": len(files), "output": str(output), "backend": restorer.backend,
                "precision": restorer.precision, "seconds": restorer.seconds,
                "gmac_per_image": executed / len(files) / 1e9, "full_path_gmac_per_image": full / len(files) / 1e9,
-               "bypass_share": restorer.route.cheap_share(restorer.bundle.plan)}
+               "bypass_share": None if shares[0] is None else float(np.mean(shares))}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

@@ -50,6 +50,16 @@ def small_bundle(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def pathrestore_bundle(tmp_path_factory) -> Path:
+    """The shipped Path-Restore checkpoint, exported once per test session."""
+    from edgerestore.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "pathrestore"
+    export_bundle("pathrestore", out)
+    return out
+
+
 class Cli:
     """Runs the real click app in-process; stdout and stderr kept apart."""
 

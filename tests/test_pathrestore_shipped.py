@@ -16,13 +16,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 @pytest.fixture(scope="module")
-def shipped(tmp_path_factory):
-    from conftest import Cli
-
-    bundle = tmp_path_factory.mktemp("bundles") / "pathrestore"
-    result = Cli()("export", "pathrestore", "-o", bundle, "--json")
-    assert result.exit_code == 0, result.output
-    return bundle
+def shipped(pathrestore_bundle):
+    return pathrestore_bundle
 
 
 def test_export_without_weights_uses_the_shipped_checkpoint(shipped):
