@@ -42,6 +42,7 @@ from typing import Any, Mapping
 
 import torch
 
+from edgerestore.runtime.atomic import default_mode
 from edgerestore.runtime.errors import EdgeRestoreError
 
 __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "strip_prefix", "FORMAT_VERSION"]
@@ -640,9 +641,7 @@ def save_checkpoint(path, state_dict, arch: str, config: dict, meta: dict | None
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, default_mode(directory=False))
         os.replace(tmp, p)
     except BaseException as e:
         try:

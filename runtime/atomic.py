@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -16,11 +17,33 @@ from typing import Iterator
 from .errors import EdgeRestoreError
 
 
-def _default_mode(directory: bool) -> int:
+def process_umask() -> int:
+    """The process's umask. ``os.umask`` reads it only by setting it, and setting it even for
+    a moment changes the permissions of any file another thread creates meanwhile (a stream's
+    encoder, say), so Linux's /proc/self/status is read instead; elsewhere the value is
+    taken once, the first time it is needed (CLI start-up, before any worker thread)."""
+    global _umask
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        if _umask is None:
+            _umask = os.umask(0o022)
+            os.umask(_umask)
+    return _umask
+
+
+_umask: int | None = None
+_umask_lock = threading.Lock()
+
+
+def default_mode(directory: bool) -> int:
     """What a plain open()/mkdir() would have given: mkstemp/mkdtemp use 0600/0700."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
+    return (0o777 if directory else 0o666) & ~process_umask()
 
 
 @contextmanager
@@ -37,7 +60,7 @@ def atomic_directory(target: str | Path, replace_if=None) -> Iterator[Path]:
     parent = target.parent if str(target.parent) else Path(".")
     _check_writable_dir(parent, target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-    os.chmod(tmp, _default_mode(directory=True))
+    os.chmod(tmp, default_mode(directory=True))
     try:
         yield tmp
         if target.exists():
@@ -63,7 +86,7 @@ def atomic_file(target: str | Path, suffix: str = "") -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=suffix or target.suffix, dir=parent)
     os.close(fd)
     tmp = Path(name)
-    os.chmod(tmp, _default_mode(directory=False))
+    os.chmod(tmp, default_mode(directory=False))
     try:
         yield tmp
         os.replace(tmp, target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -105,6 +106,9 @@ class Restorer:
         # Around the tile library's extract and merge, as the executor's stage_hooks are
         # around each stage: the profiler times the frame from the calls that run it.
         self.phase_hooks: list[PhaseHook] = []
+        # One frame at a time: the executor's plan state, the stage runners (an OpenVINO infer
+        # request, a TensorRT context) and `route` belong to the call in progress.
+        self._busy = threading.Lock()
 
     @property
     def backend(self) -> str:
@@ -115,7 +119,18 @@ class Restorer:
         return self.executor.precision
 
     def restore(self, image: np.ndarray) -> np.ndarray:
-        """HxWxC float image in [0, 1] (C = 1 or 3) -> restored HxWxC float32 image, unclipped."""
+        """HxWxC float image in [0, 1] (C = 1 or 3) -> restored HxWxC float32 image, unclipped.
+        A Restorer restores one image at a time: a call while another thread's call runs is
+        refused (use one Restorer per thread)."""
+        if not self._busy.acquire(blocking=False):
+            raise EdgeRestoreError("this Restorer is already restoring an image on another thread; "
+                                   "a Restorer runs one image at a time: create one per thread")
+        try:
+            return self._restore(image)
+        finally:
+            self._busy.release()
+
+    def _restore(self, image: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
         low, high = self.bundle.io.get("range", (0.0, 1.0))
         planes = self._to_model_channels(np.asarray(image, np.float32))

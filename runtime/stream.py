@@ -88,6 +88,22 @@ class StreamStats:
     full_macs: float = 0.0
     cheap_share_sum: float = 0.0  # routed models: sum over frames of the share of bypassed decisions
     routed_frames: int = 0
+    # The reader and the restorer thread both count (drops, for one): `+=` on an attribute is
+    # a read and a write another thread can come between.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: float) -> None:
+        """Add to counters, atomically with respect to the other threads."""
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def listed(self, name: str, entry) -> None:
+        """Append to the list ``name`` while it holds fewer than ``LISTED`` entries."""
+        with self._lock:
+            entries = getattr(self, name)
+            if len(entries) < self.LISTED:
+                entries.append(entry)
 
     @property
     def fps(self) -> float:
@@ -190,9 +206,8 @@ class Pipeline:
             if stop.is_set():
                 return
             if isinstance(item, Skipped):
-                stats.corrupt += item.kind == "corrupt"
-                if len(stats.skipped) < stats.LISTED:
-                    stats.skipped.append(item)
+                stats.add(corrupt=item.kind == "corrupt")
+                stats.listed("skipped", item)
                 self.on_notice(item.kind, f"frame {item.index}: {item.reason}; skipped")
                 continue
             if fps is not None and self.paced:
@@ -202,7 +217,7 @@ class Pipeline:
                 if delay > 0:
                     time.sleep(delay)
             item.arrival = time.perf_counter()
-            stats.read += 1
+            stats.add(read=1)
             if fps is None:
                 if not _put(inbox, item, stop):
                     return
@@ -228,27 +243,22 @@ class Pipeline:
                 self._drop(item.index, "late")
                 continue
             if previous is not None and item.size != previous:
-                if len(stats.size_changes) < stats.LISTED:
-                    stats.size_changes.append((item.index, previous, item.size))
+                stats.listed("size_changes", (item.index, previous, item.size))
                 self.on_notice("size", f"frame {item.index}: size changes from {previous[0]}x{previous[1]} to "
                                f"{item.size[0]}x{item.size[1]}; tiles re-planned for the new size")
             previous = item.size
             start = time.perf_counter()
             restored = restorer.restore(imageio.to_float(imageio.Image(item.pixels, item.alpha, item.bit_depth)))
-            stats.restore_seconds += time.perf_counter() - start
             route = restorer.route
-            stats.executed_macs += float(route.macs.sum())
-            stats.full_macs += route.full_macs * len(route.macs)
             share = route.cheap_share(restorer.bundle.plan)
-            if share is not None:
-                stats.cheap_share_sum += share
-                stats.routed_frames += 1
-            stats.restored += 1
+            stats.add(restore_seconds=time.perf_counter() - start, executed_macs=float(route.macs.sum()),
+                      full_macs=route.full_macs * len(route.macs), restored=1,
+                      **({} if share is None else {"cheap_share_sum": share, "routed_frames": 1}))
             if not _put(outbox, replace(item, pixels=imageio.from_float(restored, item.bit_depth)), stop):
                 return
 
     def _drop(self, index: int, why: str) -> None:
-        self.stats.dropped += 1
+        self.stats.add(dropped=1)
         self.on_notice("late", f"frame {index}: dropped ({why}; --realtime {self.realtime_fps:g})")
 
 
@@ -266,7 +276,7 @@ def restore_frames(restorer: Restorer, frames: Iterable[np.ndarray], queue_size:
             yield pixels[..., 0] if frame.flat else pixels
     finally:
         if stats is not None:
-            vars(stats).update(vars(pipeline.stats))
+            vars(stats).update({k: v for k, v in vars(pipeline.stats).items() if k != "_lock"})
 
 
 def _put(target: queue.Queue, item, stop: threading.Event) -> bool:

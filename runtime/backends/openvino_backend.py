@@ -6,6 +6,7 @@ run "FP32" stages in bf16 and lose ~0.01 dB without saying so.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,16 @@ import openvino as ov
 from ..errors import EdgeRestoreError
 
 _core: ov.Core | None = None
+_core_lock = threading.Lock()
 
 
 def _get_core() -> ov.Core:
+    """One Core per process, created by whichever thread loads a stage first."""
     global _core
-    if _core is None:
-        _core = ov.Core()
-    return _core
+    with _core_lock:
+        if _core is None:
+            _core = ov.Core()
+        return _core
 
 
 class OpenVinoStage:
@@ -35,11 +39,15 @@ class OpenVinoStage:
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.output_names = [port.get_any_name() for port in self.compiled.outputs]
         self.request = self.compiled.create_infer_request()
+        # An infer request runs one inference at a time (OpenVINO's compiled model is thread-safe,
+        # its requests are not): callers on several threads take turns.
+        self._lock = threading.Lock()
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.request.infer({name: np.ascontiguousarray(feeds[name]) for name in self.input_names})
-        # Copy: the request reuses its output buffers on the next call.
-        return {name: np.array(results[port]) for name, port in zip(self.output_names, self.compiled.outputs)}
+        with self._lock:
+            results = self.request.infer({name: np.ascontiguousarray(feeds[name]) for name in self.input_names})
+            # Copy: the request reuses its output buffers on the next call.
+            return {name: np.array(results[port]) for name, port in zip(self.output_names, self.compiled.outputs)}
 
 
 def load(path: Path) -> OpenVinoStage:

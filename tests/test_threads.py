@@ -1,0 +1,110 @@
+"""What threads share: a Restorer (refuses a second caller), stream counters, OpenVINO
+infer requests, and the process umask (never changed to read it)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from edgerestore.runtime.errors import EdgeRestoreError
+from edgerestore.runtime.restore import Restorer
+
+
+def test_a_restorer_refuses_a_second_thread_while_it_restores(small_bundle):
+    restorer = Restorer(small_bundle, backend="onnxruntime")
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(*_):  # the first call waits inside its first stage call
+        inside.set()
+        assert release.wait(30)
+
+    restorer.executor.stage_hooks.append(hold)
+    image = np.random.default_rng(0).random((40, 40, 1), dtype=np.float32)
+    results = []
+    first = threading.Thread(target=lambda: results.append(restorer.restore(image)))
+    first.start()
+    assert inside.wait(30)
+    with pytest.raises(EdgeRestoreError, match="another thread.*one per thread"):
+        restorer.restore(image)
+    release.set()
+    first.join(30)
+    assert len(results) == 1 and results[0].shape == image.shape
+    restorer.executor.stage_hooks.clear()
+    np.testing.assert_array_equal(restorer.restore(image), results[0])  # usable again, same result
+
+
+def test_stream_counters_add_up_across_threads():
+    from edgerestore.runtime.stream import StreamStats
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as CPython allows: races show
+    try:
+        stats = StreamStats()
+        threads = [threading.Thread(target=lambda: [stats.add(dropped=1, read=1) for _ in range(20000)])
+                   for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(previous)
+    assert stats.dropped == stats.read == 80000
+
+
+def test_an_openvino_stage_called_from_two_threads_gives_each_its_own_result(small_bundle):
+    pytest.importorskip("openvino", reason="OpenVINO not installed")
+    from edgerestore.runtime.backends import load_stage
+    from edgerestore.runtime.bundle import Bundle
+
+    stage = load_stage("openvino", Bundle(small_bundle).stage_path("main", "fp32"))
+    rng = np.random.default_rng(1)
+    inputs = [rng.random((2, 1, 48, 48), dtype=np.float32) for _ in range(8)]
+    name = stage.input_names[0]
+    expected = [stage({name: x}) for x in inputs]
+    failures, results = [], {}
+
+    def work(offset):
+        try:
+            for _ in range(5):
+                for i in range(offset, len(inputs), 2):
+                    results.setdefault(i, []).append(stage({name: inputs[i]}))
+        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            failures.append(err)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    for i, outs in results.items():
+        for out in outs:
+            for key in out:
+                np.testing.assert_array_equal(out[key], expected[i][key])
+
+
+def test_atomic_writes_never_set_the_umask(tmp_path, monkeypatch):
+    from edgerestore.runtime import atomic
+
+    previous = os.umask(0o027)
+    try:
+        atomic.process_umask()  # where /proc cannot tell, the one read happens here
+
+        def forbidden(mask):
+            raise AssertionError("os.umask called: another thread's files would get the wrong permissions")
+
+        monkeypatch.setattr(os, "umask", forbidden)
+        with atomic.atomic_file(tmp_path / "a.txt") as tmp:
+            tmp.write_text("x")
+        with atomic.atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("y")
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    if sys.platform.startswith("linux"):
+        assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+        assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750
