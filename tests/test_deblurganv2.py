@@ -122,11 +122,9 @@ class OfficialFPNMobileNet(nn.Module):
         return torch.clamp(torch.tanh(self.final(smoothed)) + x, min=-1, max=1)
 
 
-@pytest.fixture(scope="module")
-def official(tmp_path_factory):
-    """The official generator with random weights and running statistics, saved as the
-    official trainer saves it: ``{'model': DataParallel state_dict}``."""
-    torch.manual_seed(0)
+def official_generator(seed: int = 0) -> nn.Module:
+    """The official generator with random weights and running statistics."""
+    torch.manual_seed(seed)
     norm = functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=True)
     model = OfficialFPNMobileNet(norm)
     with torch.no_grad():
@@ -138,8 +136,19 @@ def official(tmp_path_factory):
                     m.weight.uniform_(0.5, 1.5)
                     m.bias.uniform_(-0.2, 0.2)
         model.final.weight.mul_(3)  # so the output is not ~x
-    path = tmp_path_factory.mktemp("weights") / "fpn_mobilenet.h5"
+    return model
+
+
+def save_official(model: nn.Module, path) -> None:
+    """As the official trainer saves it: ``{'model': DataParallel state_dict}``."""
     torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory):
+    model = official_generator()
+    path = tmp_path_factory.mktemp("weights") / "fpn_mobilenet.h5"
+    save_official(model, path)
     return model, path
 
 

@@ -113,13 +113,12 @@ def test_per_channel_variant_restores_each_plane(tmp_path):
     assert np.abs(got - expected).max() < 1e-4
 
 
-def test_official_tf1_checkpoint_imports(tmp_path):
-    """A checkpoint written with the official variable names (TF layouts) loads, and its
-    variant (per-channel + ConvLSTM) and widths come from the file."""
+def write_official_checkpoint(folder, source) -> None:
+    """``source``'s weights as the official trainer saves them: a TF1 checkpoint folder with
+    the variable names of the official ``models/model.py`` (TF layouts)."""
     from edgerestore.models.srn_tf1 import _CONVS, _RESBLOCKS, _TRANSPOSED
     from test_tf1_checkpoint import _write_checkpoint
 
-    source = small_srn(channels=1, lstm=True, seed=3)
     sd = {k: v.numpy() for k, v in source.state_dict().items()}
     to_tf = lambda w: np.ascontiguousarray(w.transpose(2, 3, 1, 0))  # noqa: E731 - [out,in,kh,kw] -> [kh,kw,in,out]
     tensors = {}
@@ -133,13 +132,21 @@ def test_official_tf1_checkpoint_imports(tmp_path):
         for conv in ("conv1", "conv2"):
             tensors[f"g_net/{tf_name}/{conv}/weights"] = to_tf(sd[f"net.{stage}.blocks.{index}.{conv}.weight"])
             tensors[f"g_net/{tf_name}/{conv}/biases"] = sd[f"net.{stage}.blocks.{index}.{conv}.bias"]
-    tensors["g_net/convLSTM/LSTM_conv/weights"] = to_tf(sd["net.lstm.conv.weight"])
-    tensors["g_net/convLSTM/LSTM_conv/biases"] = sd["net.lstm.conv.bias"]
+    if source.lstm:
+        tensors["g_net/convLSTM/LSTM_conv/weights"] = to_tf(sd["net.lstm.conv.weight"])
+        tensors["g_net/convLSTM/LSTM_conv/biases"] = sd["net.lstm.conv.bias"]
     assert "g_net/enc1_2/conv1/weights" in tensors and "g_net/dec3_3/conv2/biases" in tensors  # official names
-    folder = tmp_path / "lstm"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     _write_checkpoint(folder / "deblur.model-523000", tensors)
     (folder / "checkpoint").write_text('model_checkpoint_path: "deblur.model-523000"\n')
+
+
+def test_official_tf1_checkpoint_imports(tmp_path):
+    """A checkpoint written with the official variable names (TF layouts) loads, and its
+    variant (per-channel + ConvLSTM) and widths come from the file."""
+    source = small_srn(channels=1, lstm=True, seed=3)
+    folder = tmp_path / "lstm"
+    write_official_checkpoint(folder, source)
     model = create_model("srn", weights=folder)
     assert model.config() == {"channels": 1, "lstm": True, "widths": [8, 12, 16], "levels": 3}
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
