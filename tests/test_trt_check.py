@@ -311,3 +311,14 @@ def test_roi_align_is_a_plugin_in_every_release():
     [note] = check_model(graph, tile=8)
     assert note.reason.startswith("1 RoiAlign node imported as the TensorRT plugin ROIAlign_TRT on TensorRT 8.5.2, "
                                   "8.6.2, 10.3.0, 11.0.0: ")
+
+
+def test_trtexec_lines_name_every_input_of_a_routed_bundle(pathrestore_bundle, run_cli):
+    """JetPack 5 builds with trtexec (tests/test_jetpack5.py): one line per stage, every input."""
+    result = run_cli("build", pathrestore_bundle, "--trtexec", "8.5", "--max-batch", "4")
+    lines = result.stdout.splitlines()
+    assert result.exit_code == 0 and len(lines) == len(Bundle(pathrestore_bundle).stages) == 15
+    [router] = [line for line in lines if "/pathfinder.onnx" in line]
+    assert "--minShapes=features:1x16x63x63,h:1x32,c:1x32 --optShapes=features:4x16x63x63,h:4x32,c:4x32 " \
+           "--maxShapes=features:4x16x63x63,h:4x32,c:4x32 --fp16 " in router
+    assert router.endswith("--saveEngine=pathfinder.fp16.engine")

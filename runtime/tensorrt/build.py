@@ -73,14 +73,7 @@ def build_engines(bundle: Bundle, precision: str, dla_core: int | None = None, m
         raise EdgeRestoreError(f"TensorRT {trt.__version__} is older than 8.5, the oldest release edgerestore builds for")
     plans = [plan_stage(bundle, stage, precision, version, dla_core) for stage in bundle.stages]
     pin = tile if tile is not None else bundle.tiling.get("tile")
-    graphs = {plan.stage: load_graph(bundle.stage_path(plan.stage, plan.source)) for plan in plans}
-    graphs.update({plan.stage: cast_to_fp16(graphs[plan.stage], plan.stage) for plan in plans if plan.cast == "fp16"})
-    errors = [f for plan in plans for f in check_model(graphs[plan.stage], plan.stage, plan.cast or plan.source, pin,
-                                                       dla_core is not None, (version,))
-              if f.severity == ERROR]  # only the graphs this build parses
-    if errors:
-        raise EdgeRestoreError(f"bundle '{bundle.root}' fails the TensorRT check ({len(errors)} errors; "
-                               f"`edgerestore check` lists them), first: {errors[0].line()}")
+    graphs = checked_graphs(bundle, plans, pin, dla_core is not None, version)
     target = current_target(trt)
     logger = tensorrt_logger(trt)  # registers the plugins before anything is parsed
     builder = trt.Builder(logger)
@@ -112,6 +105,20 @@ def build_engines(bundle: Bundle, precision: str, dla_core: int | None = None, m
         timing.save()  # after every stage: an interrupted build keeps what it measured
         built.append(path)
     return built
+
+
+def checked_graphs(bundle: Bundle, plans: list[StagePlan], pin: int | None, dla: bool, version: Version) -> dict:
+    """Stage -> the graph each plan builds from (cast to FP16 where the plan says so), after
+    the TensorRT check of exactly those graphs; its first error stops the build."""
+    graphs = {plan.stage: load_graph(bundle.stage_path(plan.stage, plan.source)) for plan in plans}
+    graphs.update({plan.stage: cast_to_fp16(graphs[plan.stage], plan.stage) for plan in plans if plan.cast == "fp16"})
+    errors = [f for plan in plans for f in check_model(graphs[plan.stage], plan.stage, plan.cast or plan.source, pin,
+                                                       dla, (version,))
+              if f.severity == ERROR]
+    if errors:
+        raise EdgeRestoreError(f"bundle '{bundle.root}' fails the TensorRT check ({len(errors)} errors; "
+                               f"`edgerestore check` lists them), first: {errors[0].line()}")
+    return graphs
 
 
 class _TimingCache:

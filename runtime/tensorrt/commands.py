@@ -68,8 +68,12 @@ def check_command(bundle: Path, dla: bool, tile: int | None, releases: tuple[str
               help="Builder workspace memory pool limit.")
 @click.option("--tile", type=click.IntRange(1), default=None,
               help="Tile size the engines' spatial dims are pinned to (default: the manifest's).")
+@click.option("--trtexec", "trtexec_release", metavar="VERSION", default=None,
+              help=f"Instead of building, print the trtexec command of each stage for TensorRT VERSION "
+                   f"({', '.join(TRT_RELEASES)} or MAJOR.MINOR.PATCH; 8.5 = JetPack 5.1, where edgerestore's Python "
+                   "runtime does not run). Needs no TensorRT.")
 def build_command(bundle: Path, use_tensorrt: bool, precision: str, dla_core: int | None, max_batch: int,
-                  workspace: int, tile: int | None):
+                  workspace: int, tile: int | None, trtexec_release: str | None):
     """Build one engine per stage of BUNDLE for this machine's TensorRT and GPU.
 
     Engines go to BUNDLE/engines/<tensorrt version>/<gpu>/<stage>.<precision>.engine, each
@@ -77,8 +81,18 @@ def build_command(bundle: Path, use_tensorrt: bool, precision: str, dla_core: in
     builds. Run it on the target device: engines only run on the TensorRT version and GPU
     they were built with. The bundle is checked first (as `edgerestore check`).
     """
+    if trtexec_release is not None:
+        if use_tensorrt:
+            raise EdgeRestoreError("--trtexec prints commands instead of building: pass it without --tensorrt")
+        from .trtexec import trtexec_commands
+
+        for line in trtexec_commands(Bundle(bundle), precision, parse_trt_version(trtexec_release), dla_core,
+                                     max_batch, workspace, tile):
+            click.echo(line)
+        return
     if not use_tensorrt:
-        raise EdgeRestoreError("nothing to build: pass --tensorrt (TensorRT engines are the only build target)")
+        raise EdgeRestoreError("nothing to build: pass --tensorrt (TensorRT engines are the only build target), or "
+                               "--trtexec VERSION for trtexec command lines")
     from .build import build_engines  # imports tensorrt lazily, with a clear error when it is absent
 
     built = build_engines(Bundle(bundle), precision=precision, dla_core=dla_core, max_batch=max_batch,
