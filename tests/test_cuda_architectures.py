@@ -128,4 +128,5 @@ def test_configure_with_the_jetpack5_nvcc_asks_for_no_sm89_or_sm90(cmake, tmp_pa
     flags += "\n".join(p.read_text() for p in build.glob("*.ninja"))
     compiled = sorted({int(a) for a in re.findall(r"arch=compute_(\d+)", flags)})
     assert compiled == [72, 75, 80, 86, 87]
-    assert {int(a) for a in re.findall(r"compute_(\d+)", log.read_text())} == {72, 75, 80, 86, 87}  # CMake's test compile
+    asked = {int(a) for a in re.findall(r"compute_(\d+)", log.read_text())}  # by CMake's test compile
+    assert asked == {72, 75, 80, 86, 87}

@@ -47,7 +47,8 @@ def trtexec_commands(bundle: Bundle, precision: str, version: Version, dla_core:
     plans = [plan_stage(bundle, stage, precision, version, dla_core) for stage in bundle.stages]
     if any(plan.cast for plan in plans):
         raise EdgeRestoreError(f"TensorRT {named} builds FP16 only from an FP16 graph, which this bundle does not "
-                               "hold: run `edgerestore build --tensorrt --precision fp16` on that machine (it casts one)")
+                               "hold: run `edgerestore build --tensorrt --precision fp16` on that machine (it casts "
+                               "one)")
     checked_graphs(bundle, plans, pin, dla_core is not None, version)
     lines = []
     for plan in plans:
@@ -62,6 +63,7 @@ def trtexec_commands(bundle: Bundle, precision: str, version: Version, dla_core:
             args.append(f"--calib={load_cache(bundle, stage, version).path}")  # header checked against the version
         if dla_core is not None:
             args += [f"--useDLACore={dla_core}", "--allowGPUFallback"]
-        args += [f"--memPoolSize=workspace:{workspace_mb}", f"--saveEngine={stage}.{variant(precision, dla_core)}.engine"]
+        engine = f"{stage}.{variant(precision, dla_core)}.engine"
+        args += [f"--memPoolSize=workspace:{workspace_mb}", f"--saveEngine={engine}"]
         lines.append(shlex.join(args))
     return lines
