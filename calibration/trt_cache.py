@@ -22,28 +22,15 @@ import struct
 from pathlib import Path
 
 from edgerestore.runtime.errors import EdgeRestoreError
+from edgerestore.runtime.tensorrt.releases import TRT_RELEASES, parse_trt_version  # noqa: F401 - re-exported
 
-# What the short names mean: the releases on the Jetson targets (JetPack 5.1.x ships
-# TensorRT 8.5.2, JetPack 6.1/6.2 TensorRT 10.3.0) and the first TensorRT 11.
-TRT_RELEASES = {"8.5": (8, 5, 2), "10.3": (10, 3, 0), "11": (11, 0, 0)}
+# The short names (8.5 = JetPack 5.1, 8.6 = JetPack 6.0, 10.3 = JetPack 6.1/6.2, 11) and their
+# parsing live with the TensorRT runtime, which `check --trt` shares them with.
 DEFAULT_TRT_VERSION = "10.3"
 # Symmetric INT8 as TensorRT uses it: [-127, 127].
 QMAX = 127.0
 
 _LINE = re.compile(r"^(?P<name>.+): (?P<hex>[0-9a-f]{8})$")
-
-
-def parse_trt_version(text: str) -> tuple[int, int, int]:
-    """``10.3`` (a named release), or an exact ``MAJOR.MINOR.PATCH`` such as ``8.5.1``."""
-    if text in TRT_RELEASES:
-        return TRT_RELEASES[text]
-    parts = text.split(".")
-    if len(parts) == 3 and all(p.isdigit() for p in parts):
-        major, minor, patch = (int(p) for p in parts)
-        if 7 <= major and minor < 100 and patch < 100:
-            return major, minor, patch
-    raise EdgeRestoreError(f"unknown TensorRT version '{text}': use {', '.join(TRT_RELEASES)} "
-                           "or an exact MAJOR.MINOR.PATCH such as 8.5.1")
 
 
 def version_int(major: int, minor: int, patch: int) -> int:

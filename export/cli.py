@@ -41,8 +41,8 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")  # edgerestore.
               help="--int8: PSNR budget in dB on the held-out crops; a sensitivity search keeps the fewest layers in "
                    "FP32 that meet it (default: first and last convolution in FP32).")
 @click.option("--trt-version", default="10.3", show_default=True,
-              help="--int8: TensorRT version the calibration caches are for: 8.5 (JetPack 5.1), 10.3 (JetPack 6), "
-                   "11, or exact MAJOR.MINOR.PATCH.")
+              help="--int8: TensorRT version the calibration caches are for: 8.5 (JetPack 5.1), 8.6 (JetPack 6.0), "
+                   "10.3 (JetPack 6.1/6.2), 11, or exact MAJOR.MINOR.PATCH.")
 @click.option("--route-agnostic", is_flag=True,
               help="--int8, routed models: ship scales calibrated with every tile through every branch instead of "
                    "only the tiles the router sends there (the report compares both either way).")

@@ -1,8 +1,12 @@
 """Stand-ins for the ``tensorrt`` and ``pycuda`` modules, for tests on machines without them.
 
-They follow the documented Python APIs the build and the backend call (TensorRT 8.5 and 10
-spellings) and record what they were asked, so tests can check the decisions that reach
-TensorRT. The fake "engine" is the stage's ONNX file run by ONNX Runtime on fake device
+They follow the documented Python APIs the build and the backend call (TensorRT 8.5, 10 and
+11 spellings: 8.x has no STRONGLY_TYPED network flag, 11 no EXPLICIT_BATCH, FP16/INT8 builder
+flags or calibrators) and record what they were asked, so tests can check the decisions that
+reach TensorRT. Like the real parser, the fake one needs EXPLICIT_BATCH on 8.x and imports
+InstanceNormalization (8.x) and RoiAlign as plugin layers, failing when
+``init_libnvinfer_plugins`` has not run in this "process" (this module object); an engine
+holding a plugin layer deserializes only after it, too. The fake "engine" is the stage's ONNX file run by ONNX Runtime on fake device
 memory, so a restore through the ``tensorrt`` backend must reproduce the CPU backends
 exactly: the tests then check the backend's data path (pinned/device buffers per batch
 size, chunking, fixed-batch padding, binding vs tensor API), not TensorRT itself.
@@ -10,10 +14,12 @@ size, chunking, fixed-batch padding, binding vs tensor API), not TensorRT itself
 
 from __future__ import annotations
 
+import base64
 import importlib.machinery
 import itertools
 import json
 import types
+from pathlib import Path
 
 import numpy as np
 
@@ -92,8 +98,10 @@ def fake_tensorrt(version: str, cuda: FakeCuda | None = None, dla_cores: int = 0
     """A ``tensorrt`` module of the given version: builder side always, runtime side over ``cuda``."""
     trt = _module("tensorrt")
     trt.__version__ = version
-    trt.major = int(version.split(".")[0])
+    trt.major = major = int(version.split(".")[0])
     trt.built = []  # (network flags, parsed file, config) of every build_serialized_network
+    trt.parsed_models = []  # the ONNX bytes of every successful parse
+    trt.plugin_registrations = []  # (logger, namespace) of every init_libnvinfer_plugins call
     trt.float32, trt.float16 = "float32", "float16"
     trt.nptype = lambda dtype: np.dtype(dtype).type
 
@@ -111,29 +119,78 @@ def fake_tensorrt(version: str, cuda: FakeCuda | None = None, dla_cores: int = 0
             return self.value
 
     trt.Logger = Logger
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=_Enum("EXPLICIT_BATCH", 0),
-                                                              STRONGLY_TYPED=_Enum("STRONGLY_TYPED", 1))
+
+    def init_libnvinfer_plugins(logger, namespace):
+        assert isinstance(logger, Logger) and isinstance(namespace, str)
+        trt.plugin_registrations.append((logger, namespace))
+        return True
+
+    trt.init_libnvinfer_plugins = init_libnvinfer_plugins
+    # Enum values as the real ones: 8.x EXPLICIT_BATCH only; 10.x EXPLICIT_BATCH = 0, STRONGLY_TYPED = 1;
+    # 11 dropped EXPLICIT_BATCH (STRONGLY_TYPED = 0, kept for compatibility).
+    network_flags = {"EXPLICIT_BATCH": _Enum("EXPLICIT_BATCH", 0)} if major < 11 else {}
+    if major >= 10:
+        network_flags["STRONGLY_TYPED"] = _Enum("STRONGLY_TYPED", len(network_flags))
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(**network_flags)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8", GPU_FALLBACK="GPU_FALLBACK")
+    builder_flags = {"GPU_FALLBACK": "GPU_FALLBACK"} | ({"FP16": "FP16", "INT8": "INT8"} if major < 11 else {})
+    trt.BuilderFlag = types.SimpleNamespace(**builder_flags)
     trt.DeviceType = types.SimpleNamespace(GPU="GPU", DLA="DLA")
     trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
-    for name in ("IInt8EntropyCalibrator2", "IInt8EntropyCalibrator", "IInt8MinMaxCalibrator",
-                 "IInt8LegacyCalibrator"):
-        setattr(trt, name, type(name, (), {"__init__": lambda self: None}))
+    if major < 11:
+        for name in ("IInt8EntropyCalibrator2", "IInt8EntropyCalibrator", "IInt8MinMaxCalibrator",
+                     "IInt8LegacyCalibrator"):
+            setattr(trt, name, type(name, (), {"__init__": lambda self: None}))
+    plugin_ops = {"RoiAlign": "ROIAlign_TRT"} | ({"InstanceNormalization": "InstanceNormalization_TRT"}
+                                                  if major < 10 else {})
 
     class Network:
         def __init__(self, flags):
             self.flags = flags
-            self.parsed = None
+            self.parsed = None  # the path given to the parser
+            self.model = None  # the ONNX bytes parsed
+            self.plugins = []  # plugin layers the parse created
+
+    class ParserError:
+        def __init__(self, text, node):
+            self.text, self.index = text, node
+
+        def desc(self):
+            return self.text
+
+        def node(self):
+            return self.index
 
     class OnnxParser:
-        num_errors = 0
-
         def __init__(self, network, logger):
             self.network = network
+            self.errors = []
+
+        @property
+        def num_errors(self):
+            return len(self.errors)
+
+        def get_error(self, index):
+            return self.errors[index]
 
         def parse_from_file(self, path):
-            self.network.parsed = path
+            return self.parse(Path(path).read_bytes(), path)
+
+        def parse(self, model, path=None):
+            import onnx
+
+            if major < 10 and not self.network.flags & (1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)):
+                self.errors.append(ParserError("Network must have explicit batch dimension", -1))
+                return False
+            nodes = onnx.load_from_string(bytes(model)).graph.node
+            plugins = [(i, plugin_ops[n.op_type]) for i, n in enumerate(nodes) if n.op_type in plugin_ops]
+            if plugins and not trt.plugin_registrations:
+                self.errors += [ParserError(f"getPluginCreator could not find plugin: {name} version: 1", i)
+                                for i, name in plugins]
+                return False
+            self.network.parsed, self.network.model = path, bytes(model)
+            self.network.plugins = sorted({name for _, name in plugins})
+            trt.parsed_models.append(bytes(model))
             return True
 
     class Profile:
@@ -192,13 +249,19 @@ def fake_tensorrt(version: str, cuda: FakeCuda | None = None, dla_cores: int = 0
 
         def build_serialized_network(self, network, config):
             trt.built.append((network.flags, network.parsed, config))
-            spec = {"onnx": network.parsed, "profile": {n: s for n, s in config.profiles[0].shapes.items()}}
+            spec = {"onnx": base64.b64encode(network.model).decode(), "plugins": network.plugins,
+                    "profile": {n: s for n, s in config.profiles[0].shapes.items()}}
             return json.dumps(spec).encode()
+
+    def deserialize_cuda_engine(blob):
+        spec = json.loads(bytes(blob))
+        if spec["plugins"] and not trt.plugin_registrations:
+            return None  # the real runtime logs "getPluginCreator could not find plugin ..." and returns None
+        return FakeEngine(spec, cuda, major)
 
     trt.Builder, trt.OnnxParser = Builder, OnnxParser
     if cuda is not None:
-        trt.Runtime = lambda logger: types.SimpleNamespace(
-            deserialize_cuda_engine=lambda blob: FakeEngine(json.loads(bytes(blob)), cuda, trt.major))
+        trt.Runtime = lambda logger: types.SimpleNamespace(deserialize_cuda_engine=deserialize_cuda_engine)
     return trt
 
 
@@ -208,7 +271,7 @@ class FakeEngine:
     def __init__(self, spec: dict, cuda: FakeCuda, major: int):
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(spec["onnx"], providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(base64.b64decode(spec["onnx"]), providers=["CPUExecutionProvider"])
         self.profile = {name: tuple(tuple(s) for s in shapes) for name, shapes in spec["profile"].items()}
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]

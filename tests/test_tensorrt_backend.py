@@ -25,7 +25,7 @@ from fake_tensorrt import FakeCuda, fake_tensorrt
 
 BACKEND = "edgerestore.runtime.backends.tensorrt_backend"
 ORIN = ("Orin", (8, 7))
-TRT10, TRT85 = "10.3.0.30", "8.5.2.2"
+TRT10, TRT85, TRT11 = "10.3.0.30", "8.5.2.2", "11.0.0.9"
 
 
 @pytest.fixture
@@ -106,6 +106,40 @@ def test_routed_bundle_reproduces_decisions_and_pixels(fake_gpu, tmp_path):
     executed = engine_of(restorer, "block0.branch").executions
     assert sum(executed) == (reference.route.decisions["block0"] == 1).sum() and 0 < sum(executed) < len(
         reference.route.macs)  # the branch ran on its subset of tiles only
+
+
+def test_engines_with_plugin_layers_load_in_a_fresh_process(fake_gpu, bundle, image):
+    """An 8.x engine with an InstanceNormalization_TRT layer, built in one process, loads in a
+    new one (a fresh fake module: nothing registered) because the backend registers TensorRT's
+    plugins before deserializing; the fake runtime, like TensorRT's, returns no engine otherwise."""
+    from test_tensorrt_build import instance_norm_stage
+
+    instance_norm_stage(bundle)
+    fake_gpu(TRT85)
+    build_engines(Bundle(bundle), "fp32", max_batch=4)
+    trt, _ = fake_gpu(TRT85)
+    assert trt.plugin_registrations == []
+    assert trt.Runtime(None).deserialize_cuda_engine(next(bundle.glob("engines/*/*/main.fp32.engine")).read_bytes()) \
+        is None
+    restorer = Restorer(bundle, backend="tensorrt")
+    assert len(trt.plugin_registrations) == 1
+    np.testing.assert_array_equal(restorer.restore(image), Restorer(bundle, backend="onnxruntime").restore(image))
+
+
+def test_fp16_engine_of_tensorrt_11_runs_the_cast_graph(fake_gpu, bundle, image):
+    """The FP16 engine built on TensorRT 11 from the cast graph takes and returns float32. Bound:
+    the fake runs the cast graph under ONNX Runtime, whose error against FP32 comes from rounding
+    to float16 (relative 2^-11 per rounding): the input (< 1), the output (~1), the subtraction,
+    and the small residual of 5 layers (< 0.1 in magnitude, weights scaled by 0.1) -- under
+    4 * 2^-11 in all."""
+    fake_gpu(TRT11)
+    build_engines(Bundle(bundle), "fp16", max_batch=4)
+    restorer = Restorer(bundle, backend="tensorrt", precision="fp16")
+    assert restorer.precision == "fp16"
+    out = restorer.restore(image)
+    reference = Restorer(bundle, backend="onnxruntime").restore(image)
+    assert out.dtype == reference.dtype == np.float32
+    assert np.abs(out - reference).max() <= 4 * 2.0 ** -11
 
 
 def test_engines_of_another_tensorrt_are_refused(fake_gpu, bundle):

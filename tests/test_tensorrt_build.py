@@ -28,6 +28,8 @@ from fake_tensorrt import fake_tensorrt
 ORIN = ("Orin", (8, 7))
 TRT10 = "10.3.0.30"
 TRT85 = "8.5.2.2"
+TRT86 = "8.6.2.3"
+TRT11 = "11.0.0.9"
 
 
 @pytest.fixture
@@ -123,7 +125,10 @@ def fake_bundle(files, root="/b"):
     ((10, 3, 0), "int8", 0, ["fp32", "int8"], ("fp32", False, ("INT8", "FP16", "GPU_FALLBACK"), "implicit")),
     ((11, 0, 0), "int8", 0, ["fp32", "int8"], ("int8", True, ("GPU_FALLBACK",), "explicit")),
     ((11, 0, 0), "fp16", None, ["fp32", "fp16"], ("fp16", True, (), None)),
-    ((11, 0, 0), "fp16", None, ["fp32"], "builds FP16 only from an FP16 graph"),
+    ((11, 0, 0), "fp16", None, ["fp32"], ("fp32", True, (), None)),  # cast to FP16 at build time
+    ((8, 5, 2), "fp16", None, ["fp32", "fp16"], ("fp32", False, ("FP16",), None)),  # 8.x: no typed networks
+    ((8, 6, 2), "fp16", 0, ["fp32", "fp16"], ("fp32", False, ("FP16", "GPU_FALLBACK"), None)),
+    ((8, 6, 2), "int8", None, ["fp32", "int8"], ("fp32", False, ("INT8",), "implicit")),
     ((10, 3, 0), "int8", None, ["fp32"], "has no int8 graph of stage 'main'.*export it with --int8"),
     ((10, 3, 0), "fp32", 0, ["fp32"], "DLA runs FP16 and INT8 only"),
 ])
@@ -136,6 +141,35 @@ def test_policy(version, precision, dla, files, expected):
     assert (plan.source, plan.strongly_typed, plan.flags, plan.quantization) == expected
     assert not (plan.strongly_typed and {"FP16", "INT8"} & set(plan.flags))  # strong typing takes no precision flags
     assert (plan.calibration_cache is not None) == (plan.quantization == "implicit")
+    assert plan.cast == ("fp16" if version[0] >= 11 and precision == "fp16" and "fp16" not in files else None)
+
+
+def test_no_strongly_typed_network_below_tensorrt_10():
+    """8.x has no STRONGLY_TYPED flag (the fake, like TensorRT 8.5/8.6, has no such member): whatever
+    the bundle holds, a plan for 8.x is weakly typed and its network gets EXPLICIT_BATCH only."""
+    from edgerestore.runtime.tensorrt.build import network_flags
+    from edgerestore.runtime.tensorrt.releases import TRT_RELEASES
+
+    planned = 0
+    for version in TRT_RELEASES.values():
+        trt = fake_tensorrt(".".join(map(str, version)))
+        for precision in ("fp32", "fp16", "int8"):
+            for dla in (None, 0):
+                for files in (["fp32"], ["fp32", "fp16"], ["fp32", "int8"], ["fp32", "fp16", "int8"]):
+                    try:
+                        plan = policy.plan_stage(fake_bundle(files), "main", precision, version, dla)
+                    except EdgeRestoreError:
+                        continue  # fp32 on DLA, int8 without the Q/DQ graph on >= 10
+                    planned += 1
+                    flags = network_flags(trt, version, plan)
+                    if version[0] < 10:
+                        assert not plan.strongly_typed and flags == 1 << 0, (version, precision, dla, files)
+                    elif plan.strongly_typed:
+                        assert flags & 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert planned > 40
+    with pytest.raises(EdgeRestoreError, match="TensorRT 8.6.2 has no strongly typed networks"):
+        network_flags(fake_tensorrt(TRT86), (8, 6, 2), policy.plan_stage(fake_bundle(["fp32", "int8"]), "main",
+                                                                         "int8", (10, 3, 0)))
 
 
 def test_parse_version():
@@ -317,3 +351,98 @@ def test_build_cli_with_the_fake(install, bundle, run_cli):
     engine = Path(result.stdout.strip())
     assert engine == bundle / "engines" / "10.3.0.30" / "Orin" / "main.fp16.engine" and engine.is_file()
     assert engines.read_info(engines.info_path(engine)).profile["input"]["max"] == [4, 1, 96, 96]
+
+
+# -- plugins, TensorRT 8.6 and 11 ---------------------------------------------------------------
+def instance_norm_stage(root: Path) -> None:
+    """Make stage 'main' input + 0.1 * InstanceNormalization(input) (DeblurGAN-v2's FPN normalizes
+    so): an op TensorRT 8.x imports as the plugin InstanceNormalization_TRT."""
+    graph = onnx.load(str(root / "main.onnx")).graph
+    nodes = [helper.make_node("InstanceNormalization", ["input", "scale", "bias"], ["normalized"], name="norm"),
+             helper.make_node("Add", ["input", "normalized"], ["output"], name="residual")]
+    weights = [helper.make_tensor("scale", onnx.TensorProto.FLOAT, [1], [0.1]),
+               helper.make_tensor("bias", onnx.TensorProto.FLOAT, [1], [0.0])]
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", list(graph.input), list(graph.output), weights),
+                                opset_imports=[helper.make_opsetid("", 17)]), str(root / "main.onnx"))
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["stages"]["main"]["sha256"]["fp32"] = file_sha256(root / "main.onnx")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("version, plugin", [(TRT85, True), (TRT86, True), (TRT10, False)])
+def test_plugins_are_registered_once_before_parsing(install, bundle, version, plugin):
+    instance_norm_stage(bundle)
+    # The fake parser, like TensorRT's, fails on a plugin op while no plugins are registered.
+    probe = fake_tensorrt(version)
+    parser = probe.OnnxParser(probe.Builder(None).create_network(1 << 0), None)
+    assert parser.parse_from_file(str(bundle / "main.onnx")) is not plugin
+    if plugin:
+        assert parser.get_error(0).desc() == "getPluginCreator could not find plugin: InstanceNormalization_TRT " \
+                                             "version: 1"
+    trt = install(version)
+    build_engines(Bundle(bundle), "fp32")
+    build_engines(Bundle(bundle), "fp16")
+    assert len(trt.built) == 2 and all(parsed == str(bundle / "main.onnx") for _, parsed, _ in trt.built)
+    [(logger, namespace)] = trt.plugin_registrations  # once per process, TensorRT's default namespace
+    assert isinstance(logger, trt.Logger) and namespace == ""
+
+
+def test_build_int8_implicit_on_tensorrt_8_6(install, bundle):
+    """JetPack 6.0: TensorRT 8.6.2, a cache written with `export --int8 --trt-version 8.6`."""
+    from edgerestore.calibration.trt_cache import header, parse_trt_version
+
+    assert header(parse_trt_version("8.6"), "entropy") == "TRT-8602-EntropyCalibration2"
+    trt = install(TRT86)
+    add_int8(bundle, parse_trt_version("8.6"))
+    [path] = build_engines(Bundle(bundle), "int8")
+    flags, parsed, config = trt.built[0]
+    assert flags == 1 << 0 and parsed == str(bundle / "main.onnx") and config.flags == ["INT8"]
+    assert config.int8_calibrator.read_calibration_cache().startswith(b"TRT-8602-EntropyCalibration2\n")
+    assert path == bundle / "engines" / "8.6.2.3" / "Orin" / "main.int8.engine"
+    with pytest.raises(EdgeRestoreError, match="written for TensorRT version 8602 .* runs TensorRT 8.5.2"):
+        calibrator.load_cache(Bundle(bundle), "main", (8, 5, 2))
+
+
+def test_tensorrt_11_builds_fp16_from_a_cast_of_the_fp32_graph(install, bundle, run_cli):
+    """TensorRT 11 has no FP16 builder flag: the FP32 stage graph is cast to FP16 in memory
+    (I/O stay float32), parsed from bytes; the bundle and its manifest are left as exported."""
+    trt = install(TRT11)
+    assert not hasattr(trt.BuilderFlag, "FP16") and not hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
+    manifest = (bundle / "manifest.json").read_bytes()
+    before = {p for p in bundle.rglob("*")}
+    result = run_cli("build", bundle, "--tensorrt", "--precision", "fp16")
+    assert result.exit_code == 0, result.output
+    path = Path(result.stdout.strip())
+    assert path == bundle / "engines" / "11.0.0.9" / "Orin" / "main.fp16.engine"
+    flags, parsed, config = trt.built[0]
+    assert flags == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) and config.flags == []
+    assert parsed == str(bundle / "main.onnx")  # the path resolves external weights; the graph came as bytes
+    model = onnx.load_from_string(trt.parsed_models[0])
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    assert [v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]] == [
+        onnx.TensorProto.FLOAT] * 2
+    assert {t.data_type for t in model.graph.initializer if t.data_type in floats} == {onnx.TensorProto.FLOAT16}
+    assert [n.op_type for n in model.graph.node][0] == "Cast" and model.graph.node[-1].op_type == "Cast"
+    onnx.checker.check_model(model, full_check=True)  # valid ONNX, nodes in topological order
+    info = engines.read_info(engines.info_path(path))
+    assert info.source == {"file": "main.onnx", "sha256": Bundle(bundle).stages["main"].sha256["fp32"], "cast": "fp16"}
+    assert (bundle / "manifest.json").read_bytes() == manifest
+    assert {p for p in bundle.rglob("*") if not p.is_relative_to(bundle / "engines")} == before
+    assert engines.find_engine(Bundle(bundle), "main", "fp16", Target(TRT11, *ORIN))[0] == path
+
+
+def test_cast_keeps_per_sample_normalization_in_fp32(bundle):
+    from edgerestore.runtime.tensorrt.fp16 import cast_to_fp16
+
+    instance_norm_stage(bundle)
+    model = cast_to_fp16(onnx.load(str(bundle / "main.onnx")), "main")
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    assert types["scale"] == types["bias"] == onnx.TensorProto.FLOAT
+    norm = next(n for n in model.graph.node if n.op_type == "InstanceNormalization")
+    [before] = [n for n in model.graph.node if norm.input[0] in n.output]
+    [after] = [n for n in model.graph.node if norm.output[0] in n.input]
+    assert (before.op_type, after.op_type) == ("Cast", "Cast")  # FP16 activations around an FP32 normalization
+    assert helper.get_attribute_value(before.attribute[0]) == onnx.TensorProto.FLOAT
+    assert helper.get_attribute_value(after.attribute[0]) == onnx.TensorProto.FLOAT16
+    assert model.graph.node[0].op_type == "Cast" and helper.get_attribute_value(
+        model.graph.node[0].attribute[0]) == onnx.TensorProto.FLOAT16  # the float32 input enters as FP16

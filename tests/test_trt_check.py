@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgerestore.runtime.bundle import Bundle, file_sha256
-from edgerestore.runtime.tensorrt.check import ERROR, WARNING, check_bundle, check_model
+from edgerestore.runtime.tensorrt.check import ERROR, NOTE, WARNING, check_bundle, check_model
 
 
 # -- the bundles the test-suite exports ---------------------------------------------------
@@ -261,3 +261,64 @@ def test_cli_lists_findings_and_fails(small_bundle, tmp_path, run_cli):
     assert not report["ok"] and report["errors"] == 1 and report["findings"][0]["node"] == "nz (NonZero)"
     assert run_cli("check", bad, "--tile", "64").stdout.count("warning") == 0
     assert run_cli("check", tmp_path / "missing").exit_code == 1
+
+
+# -- plugin layers, per TensorRT version ----------------------------------------------------
+@pytest.fixture(scope="module")
+def deblurgan_bundle(tmp_path_factory) -> Path:
+    """A tiny DeblurGAN-v2 export: its FPN normalizes with InstanceNormalization (50 nodes)."""
+    import torch
+
+    from edgerestore.export import write_bundle
+    from edgerestore.models.deblurganv2 import DeblurGANv2
+
+    torch.manual_seed(1)
+    out = tmp_path_factory.mktemp("bundles") / "deblurgan_small"
+    write_bundle(DeblurGANv2(variant="mobilenet-dsc", width=0.5, filters=16, fpn_filters=32).eval(), "deblurganv2",
+                 out)
+    return out
+
+
+def test_plugin_ops_are_noted_per_tensorrt_version(deblurgan_bundle, run_cli):
+    bundle = Bundle(deblurgan_bundle)
+    norms = sum(n.op_type == "InstanceNormalization" for n in onnx.load(str(deblurgan_bundle / "main.onnx")).graph.node)
+    [note] = check_bundle(bundle)  # default: every named release (8.5, 8.6, 10.3, 11)
+    assert note.severity == NOTE and note.node == "graph" and norms > 1
+    assert note.reason.startswith(f"{norms} InstanceNormalization nodes imported as the TensorRT plugin "
+                                  "InstanceNormalization_TRT on TensorRT 8.5.2, 8.6.2: ")
+    assert "initLibNvInferPlugins" in note.reason and "DLA" not in note.reason
+    assert check_bundle(bundle, versions=((10, 3, 0), (11, 0, 0))) == []  # native from TensorRT 10
+    assert "on TensorRT 8.6.2: " in check_bundle(bundle, versions=((8, 6, 2),))[0].reason
+    assert "DLA cannot run a plugin layer" in check_bundle(bundle, dla=True, versions=((8, 5, 2),))[0].reason
+
+    result = run_cli("check", deblurgan_bundle)
+    assert result.exit_code == 0 and result.stdout.splitlines() == [note.line()]
+    assert "passes the TensorRT check (1 stage files, 0 errors, 0 warnings, 1 notes)" in result.stderr
+    assert run_cli("check", deblurgan_bundle, "--trt", "10.3").stdout == ""
+    assert "on TensorRT 8.5.2: " in run_cli("check", deblurgan_bundle, "--trt", "8.5", "--trt", "10.3.0").stdout
+    report = json.loads(run_cli("check", deblurgan_bundle, "--json", "--trt", "8.6").stdout)
+    assert report["ok"] and report["notes"] == 1 and report["findings"][0]["severity"] == "note"
+    bad = run_cli("check", deblurgan_bundle, "--trt", "9")
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: unknown TensorRT version '9'")
+    assert bad.stderr.count("\n") == 1
+
+
+def test_roi_align_is_a_plugin_in_every_release():
+    rois = helper.make_tensor_value_info("rois", TensorProto.FLOAT, [4, 4])
+    index = helper.make_tensor_value_info("index", TensorProto.INT64, [4])
+    graph = model([helper.make_node("RoiAlign", ["x", "rois", "index"], ["y"], name="roi")],
+                  [image_input(), rois, index], [output()])
+    [note] = check_model(graph, tile=8)
+    assert note.reason.startswith("1 RoiAlign node imported as the TensorRT plugin ROIAlign_TRT on TensorRT 8.5.2, "
+                                  "8.6.2, 10.3.0, 11.0.0: ")
+
+
+def test_trtexec_lines_name_every_input_of_a_routed_bundle(pathrestore_bundle, run_cli):
+    """JetPack 5 builds with trtexec (tests/test_jetpack5.py): one line per stage, every input."""
+    result = run_cli("build", pathrestore_bundle, "--trtexec", "8.5", "--max-batch", "4")
+    lines = result.stdout.splitlines()
+    assert result.exit_code == 0 and len(lines) == len(Bundle(pathrestore_bundle).stages) == 15
+    [router] = [line for line in lines if "/pathfinder.onnx" in line]
+    assert "--minShapes=features:1x16x63x63,h:1x32,c:1x32 --optShapes=features:4x16x63x63,h:4x32,c:4x32 " \
+           "--maxShapes=features:4x16x63x63,h:4x32,c:4x32 --fp16 " in router
+    assert router.endswith("--saveEngine=pathfinder.fp16.engine")

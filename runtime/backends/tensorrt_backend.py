@@ -1,7 +1,8 @@
 """TensorRT engines through pycuda, one stage at a time, host arrays in and out.
 
 Loading: :func:`load_from_bundle` takes the stage's engine for the executor's precision from
-``BUNDLE/engines/<tensorrt version>/<gpu>/`` (``edgerestore build --tensorrt``); an engine of
+``BUNDLE/engines/<tensorrt version>/<gpu>/`` (``edgerestore build --tensorrt``), after TensorRT's
+plugins are registered (an InstanceNormalization layer is a plugin on 8.x); an engine of
 another TensorRT version or GPU, or built from another export of the stage, is refused with
 both sides named (:func:`..tensorrt.engines.find_engine`). :func:`precisions` lists the
 precisions with an engine for every stage, so ``--precision fp16`` works without an FP16 graph.
@@ -42,7 +43,7 @@ import tensorrt as trt
 from ..bundle import Bundle
 from ..errors import EdgeRestoreError
 from ..tensorrt import engines
-from ..tensorrt.build import current_target
+from ..tensorrt.build import current_target, tensorrt_logger
 from ..tensorrt.cuda_driver import CudaGraph
 from ..tensorrt.policy import parse_version
 
@@ -52,7 +53,7 @@ try:
 except ImportError:
     raise EdgeRestoreError("backend 'tensorrt' needs pycuda (`pip install pycuda`), which is not installed") from None
 
-_LOGGER = trt.Logger(trt.Logger.WARNING)
+_LOGGER = tensorrt_logger(trt)  # registers TensorRT's plugins: engines with plugin layers deserialize only then
 GRAPHS_ENV = "EDGERESTORE_TRT_CUDA_GRAPHS"
 
 

@@ -53,7 +53,8 @@ def load_cache(bundle: Bundle, stage: str, running: tuple[int, int, int]) -> Cal
     path = cache_path(bundle, stage)
     if not path.is_file():
         raise EdgeRestoreError(f"bundle '{bundle.root}' has no calibration cache for stage '{stage}' ({path.name}): "
-                               "implicit INT8 needs one; run `edgerestore export ... --int8` first")
+                               "implicit INT8 needs one; run `edgerestore export ... --int8 --trt-version "
+                               f"{'.'.join(map(str, running))}` first")
     header, scales = trt_cache.read(path)
     match = _HEADER.match(header)
     if not match or match["calibrator"] not in CALIBRATORS:

@@ -25,6 +25,12 @@ the floor every target shares, TensorRT 8.5 (:mod:`.ops` holds the data and its 
   not INT32), and the parser fails on them ("only activation types allowed as input to this
   layer", onnx/onnx-tensorrt#850, microsoft/onnxruntime#14229).
 
+Per TensorRT version (``versions``, default every named release: 8.5, 8.6, 10.3, 11), one
+note per stage file and op that the parser imports as a plugin there (InstanceNormalization
+on 8.x, :data:`.ops.PLUGIN_OPS`): not an error -- ``build`` and the TensorRT backend register
+TensorRT's plugins, trtexec loads them -- but a runtime of one's own must call
+``initLibNvInferPlugins``, and DLA runs no plugin layer.
+
 int8 weights stored as initializers behind a DequantizeLinear (no Q) are accepted: the Q/DQ
 graph is only ever built on TensorRT >= 10 (:mod:`.policy`), which parses them; on 8.x the
 build uses the FP32 graph and the calibration cache, whose 8.x parser wants float weights
@@ -44,14 +50,17 @@ from onnx import numpy_helper
 from ..bundle import Bundle
 from ..errors import EdgeRestoreError
 from . import ops
+from .releases import TRT_RELEASES
 
-ERROR, WARNING = "error", "warning"
+ERROR, WARNING, NOTE = "error", "warning", "note"
+Version = tuple[int, int, int]
+ALL_RELEASES: tuple[Version, ...] = tuple(sorted(TRT_RELEASES.values()))
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 @dataclass(frozen=True)
 class Finding:
-    severity: str  # "error" | "warning"
+    severity: str  # "error" | "warning" | "note"
     stage: str
     precision: str
     node: str  # "Conv_3 (Conv)", or "input 'image'" / "graph" for graph-level findings
@@ -64,15 +73,17 @@ class Finding:
         return asdict(self)
 
 
-def check_bundle(bundle: Bundle, dla: bool = False, tile: int | None = None) -> list[Finding]:
+def check_bundle(bundle: Bundle, dla: bool = False, tile: int | None = None,
+                 versions: tuple[Version, ...] = ALL_RELEASES) -> list[Finding]:
     """Findings for every stage file of ``bundle``. ``tile`` overrides the manifest's tile
-    size as the pin for dynamic H/W (what ``build --tile`` would use)."""
+    size as the pin for dynamic H/W (what ``build --tile`` would use); ``versions`` are the
+    TensorRT releases the per-version notes are for."""
     pin = tile if tile is not None else bundle.tiling.get("tile")
     findings = []
     for stage, info in bundle.stages.items():
         for precision in sorted(info.files):
             path = bundle.stage_path(stage, precision)  # also verifies the checksum
-            findings += check_model(load_graph(path), stage, precision, pin, dla)
+            findings += check_model(load_graph(path), stage, precision, pin, dla, versions)
     return findings
 
 
@@ -84,11 +95,12 @@ def load_graph(path: Path) -> onnx.ModelProto:
 
 
 def check_model(model: onnx.ModelProto, stage: str = "stage", precision: str = "fp32", tile: int | None = None,
-                dla: bool = False) -> list[Finding]:
+                dla: bool = False, versions: tuple[Version, ...] = ALL_RELEASES) -> list[Finding]:
     graph = _Graph(model.graph)
     found: list[tuple[str, str, str]] = []
     found += _opset(model)
     found += _operators(model.graph)
+    found += _plugins(model.graph, versions, dla)
     for index, node in enumerate(model.graph.node):
         found += [(severity, _label(node, index), reason) for severity, reason in _restrictions(node, graph)]
     found += _shape_inputs(model.graph)
@@ -180,6 +192,26 @@ def _operators(graph: onnx.GraphProto) -> list[tuple[str, str, str]]:
             found.append((ERROR, label, f"{op} is not supported by TensorRT's ONNX parser (8.5 operator table)"))
         elif op not in ops.SUPPORTED:
             found.append((ERROR, label, f"{op} is not in TensorRT's ONNX operator table (8.5)"))
+    return found
+
+
+def _plugins(graph: onnx.GraphProto, versions: tuple[Version, ...], dla: bool) -> list[tuple[str, str, str]]:
+    counts: dict[str, int] = {}
+    for _, node in _walk(graph):
+        if node.domain in _DEFAULT_DOMAINS and node.op_type in ops.PLUGIN_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    found = []
+    for op, count in counts.items():
+        on = [v for v in sorted(versions) if ops.plugin_for(op, v)]
+        if not on:
+            continue
+        names = ", ".join(".".join(map(str, v)) for v in on)
+        where = "DLA cannot run a plugin layer: it runs on the GPU (GPU fallback); " if dla else ""
+        found.append((NOTE, "graph", f"{count} {op} node{'s' * (count > 1)} imported as the TensorRT plugin "
+                                     f"{ops.plugin_for(op, on[0])} on TensorRT {names}: {where}`build` and "
+                                     "`--backend tensorrt` register TensorRT's plugins and trtexec loads them; a "
+                                     "runtime of your own must call initLibNvInferPlugins before parsing and before "
+                                     "deserializing"))
     return found
 
 

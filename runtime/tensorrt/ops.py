@@ -3,8 +3,11 @@
 Source: onnx/onnx-tensorrt ``docs/operators.md`` at the TensorRT 8.5 release (commit
 6d0ab7be324d02c7feb3a306b6fdbeae84f71ddc: "TensorRT 8.5 supports operators up to Opset 17"),
 with the Pad/Resize/Q-DQ rules its ``builtin_op_importers.cpp`` enforces for that release.
-TensorRT 10 only adds to this table (its docs/operators.md: opset 9 to 24, LayerNormalization,
-IsInf, ...), so a graph that passes here parses on JetPack 5.1 (8.5) and JetPack 6 (10.3) alike.
+TensorRT 8.6 and 10 only add to this table (8.6, same opset ceiling 17: LayerNormalization,
+IsInf, ...; 10.0: opsets 9 to 20, DeformConv, Gelu, ...), so a graph that passes here parses
+on every JetPack release: 5.1 (TensorRT 8.5), 6.0 (8.6) and 6.1/6.2 (10.3).
+
+:data:`PLUGIN_OPS` is the one per-version part: ops the parser imports as a plugin layer.
 """
 
 from __future__ import annotations
@@ -83,3 +86,22 @@ SPATIAL_RANKS = frozenset({4, 5})
 # Per-channel weight quantization axis TensorRT expects: the output-channel axis of the
 # weight tensor (KCRS for Conv; ConvTranspose stores C,K,R,S). Gemm/MatMul: see check.py.
 WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1}
+
+# Ops the parser imports as a layer of TensorRT's plugin library rather than a native layer:
+# op -> (plugin name, first version, first version without the plugin or None). Source: the
+# importers of onnx/onnx-tensorrt at release/8.5-GA, 8.6-GA and 10.1-GA. InstanceNormalization
+# is a plugin on 8.x (8.6 goes native only with the parser flag NATIVE_INSTANCENORM, which
+# version-compatible engines need), native by default from 10.0; RoiAlign is a plugin in all
+# three (later releases are taken to keep it so until their parser says otherwise).
+# A plugin layer needs TensorRT's plugins registered before parsing and before deserializing
+# (build.tensorrt_logger), and cannot run on DLA.
+PLUGIN_OPS: dict[str, tuple[str, tuple[int, int, int], tuple[int, int, int] | None]] = {
+    "InstanceNormalization": ("InstanceNormalization_TRT", (8, 0, 0), (10, 0, 0)),
+    "RoiAlign": ("ROIAlign_TRT", (8, 0, 0), None),
+}
+
+
+def plugin_for(op: str, version: tuple[int, int, int]) -> str | None:
+    """The plugin TensorRT ``version`` imports ``op`` as, or None for a native layer."""
+    plugin, first, gone = PLUGIN_OPS.get(op, (None, None, None))
+    return plugin if plugin and first <= tuple(version) and (gone is None or tuple(version) < gone) else None

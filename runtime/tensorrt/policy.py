@@ -1,27 +1,34 @@
 """Which graph a stage's engine is built from, and with which network and builder flags.
 
 Per TensorRT version (REFERENCE.md section 4: 10.1 deprecated implicit INT8, 11 removed it
-and weak typing; JetPack 5.1 ships 8.5, JetPack 6 ships 10.3):
+and weak typing). The Jetson releases: JetPack 5.1 ships TensorRT 8.5.2, JetPack 6.0 8.6.2,
+JetPack 6.1/6.2 10.3; TensorRT 11 does not support JetPack.
 
-==========  =======================================  =========================================
-precision   TensorRT 8.x / 9.x                       TensorRT >= 10
-==========  =======================================  =========================================
-fp32        FP32 graph                               FP32 graph
-fp16        FP32 graph + BuilderFlag.FP16            same on 10.x; on >= 11 (strong typing
-            (or the bundle's FP16 graph, typed)      only) the bundle's FP16 graph, typed
-int8        implicit: FP32 graph + BuilderFlag.INT8  explicit: the Q/DQ graph, STRONGLY_TYPED
-            + the stage's calibration cache          (10.x with DLA: implicit, as on 8.x)
-==========  =======================================  =========================================
+==========  ================================  =================================  ==============================
+precision   TensorRT 8.x / 9.x                TensorRT 10.x                      TensorRT >= 11 (strong typing)
+==========  ================================  =================================  ==============================
+fp32        FP32 graph                        FP32 graph                         FP32 graph
+fp16        FP32 graph + BuilderFlag.FP16     the bundle's FP16 graph, typed;    the bundle's FP16 graph, else
+                                              else FP32 graph + BuilderFlag.FP16 the FP32 graph cast to FP16 at
+                                                                                 build time (I/O stay float32)
+int8        implicit: FP32 graph +            explicit: the Q/DQ graph, typed    explicit: the Q/DQ graph
+            BuilderFlag.INT8 + the stage's    (with DLA: implicit, as on 8.x)
+            calibration cache
+==========  ================================  =================================  ==============================
+
+"Typed" is the STRONGLY_TYPED network flag, which TensorRT 8.x does not have (it appeared
+with 9.x, whose releases never reached Jetson): below 10 every network is weakly typed and
+created with EXPLICIT_BATCH instead (:func:`.build.network_flags`). A strongly typed network
+takes its precisions from the graph: it never gets the FP16/INT8 flags.
 
 DLA (``dla_core``) runs FP16/INT8 only, so FP32 is refused; implicit INT8 on DLA adds FP16
 for the tensors the cache leaves unscaled, and GPU_FALLBACK lets layers DLA cannot run
-go to the GPU. A strongly typed network takes its precisions from the graph: it never gets
-the FP16/INT8 flags.
+go to the GPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..bundle import Bundle
@@ -29,6 +36,10 @@ from ..errors import EdgeRestoreError
 from .calibrator import cache_path
 
 Version = tuple[int, int, int]
+
+# Majors: the first that builds strongly typed networks here, and the first without weak typing.
+STRONG_TYPING = 10
+WEAK_TYPING_REMOVED = 11
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,7 @@ class StagePlan:
     quantization: str | None  # "explicit" | "implicit" | None
     calibration_cache: Path | None
     dla_core: int | None
+    cast: str | None = None  # "fp16": the build casts the source graph to FP16 before parsing (TensorRT >= 11)
 
 
 def parse_version(text: str) -> Version:
@@ -72,14 +84,15 @@ def plan_stage(bundle: Bundle, stage: str, precision: str, version: Version,
     if precision == "fp32":
         return plan("fp32", False)
     if precision == "fp16":
+        if major < STRONG_TYPING:  # no STRONGLY_TYPED flag: the FP16 graph would gain nothing over the builder flag
+            return plan("fp32", False, ("FP16",))
         if "fp16" in files:
             return plan("fp16", True)
-        if major >= 11:
-            raise EdgeRestoreError(f"TensorRT {major} builds FP16 only from an FP16 graph (strong typing), and bundle "
-                                   f"'{bundle.root}' has no fp16 graph of stage '{stage}'")
+        if major >= WEAK_TYPING_REMOVED:  # no FP16 builder flag any more: the graph itself must be FP16
+            return replace(plan("fp32", True), cast="fp16")
         return plan("fp32", False, ("FP16",))
     if precision == "int8":
-        if major < 10 or (major == 10 and dla_core is not None):
+        if major < STRONG_TYPING or (major < WEAK_TYPING_REMOVED and dla_core is not None):
             flags = ("INT8", "FP16") if dla_core is not None else ("INT8",)
             return plan("fp32", False, flags, "implicit", cache_path(bundle, stage))
         return plan("int8", True, (), "explicit")
