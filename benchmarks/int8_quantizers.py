@@ -14,7 +14,6 @@ Usage: python benchmarks/int8_quantizers.py [--methods minmax,percentile,entropy
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -28,9 +27,10 @@ from edgerestore.calibration import FolderSplit, Int8Options, add_int8
 from edgerestore.calibration.policy import default_fp32_layers
 from edgerestore.export import export_bundle
 from edgerestore.runtime import degrade, imageio
-from edgerestore.runtime.bundle import MANIFEST, Bundle
+from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.evaluate import evaluate
 from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.schema import file_sha256, write_manifest
 
 WEIGHTS = SHARED / "weights" / "dncnn_25_kair_state_dict.pth"
 SET12 = SHARED / "data" / "Set12"
@@ -62,9 +62,11 @@ def nncf_variant(base: Path, out: Path, split: FolderSplit) -> None:
     quantized = nncf.quantize(onnx.load(str(out / "main.onnx")), data, preset=nncf.QuantizationPreset.PERFORMANCE,
                               subset_size=len(samples), ignored_scope=nncf.IgnoredScope(names=ignored))
     onnx.save(quantized, str(out / "main.int8.onnx"))
-    manifest = json.loads((out / MANIFEST).read_text())
-    manifest["stages"]["main"]["files"]["int8"] = "main.int8.onnx"
-    (out / MANIFEST).write_text(json.dumps(manifest))
+    manifest = bundle.spec
+    manifest.stages["main"].files["int8"] = "main.int8.onnx"
+    manifest.stages["main"].sha256["int8"] = file_sha256(out / "main.int8.onnx")
+    manifest.precisions = ["fp32", "int8"]
+    write_manifest(out, manifest)
 
 
 def main() -> int:
@@ -92,8 +94,7 @@ def main() -> int:
         out = work / method
         shutil.copytree(base, out)
         start = time.perf_counter()
-        manifest, _ = add_int8(out, Int8Options(split, method=method))
-        (out / MANIFEST).write_text(json.dumps(manifest))
+        add_int8(out, Int8Options(split, method=method))  # writes the manifest itself
         variants.append((f"ORT quantize_static, {method}", out, time.perf_counter() - start))
     if not args.no_nncf:
         try:

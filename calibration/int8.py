@@ -3,11 +3,13 @@
 Runs inside the exporter's temporary bundle directory, so a failure anywhere leaves no
 bundle behind. Adds, per stage: ``<stage>.int8.onnx`` (Q/DQ), ``calib/<stage>.cache``
 (TensorRT text cache) and, for the whole bundle, ``calibration.json`` (method, amax per
-tensor, FP32 layers, accuracy table). Returns the manifest with the INT8 files recorded.
+tensor, FP32 layers, accuracy table). Writes the manifest with the INT8 files recorded
+(through :func:`edgerestore.runtime.schema.write_manifest`, which validates it first).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 import time
@@ -16,8 +18,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from edgerestore.runtime import backends
-from edgerestore.runtime.bundle import MANIFEST, Bundle, file_sha256
+from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.errors import EdgeRestoreError
+from edgerestore.runtime.schema import Manifest, file_sha256, write_manifest
 
 from . import trt_cache
 from .accuracy import Score, routing_agreement, score
@@ -98,7 +101,7 @@ class Int8Report:
         }
 
 
-def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: None) -> tuple[dict, Int8Report]:
+def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: None) -> tuple[Manifest, Int8Report]:
     start = time.perf_counter()
     bundle = Bundle(root)
     routed = is_routed(bundle)
@@ -161,7 +164,7 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
     report.seconds = time.perf_counter() - start
     _write_calibration_json(root, options, report, shipped, amax_aware, amax_agnostic, effective, caches,
                             fallback, aware, agnostic, fp32_layers, writer.shifts, equalization)
-    return writer.manifest(caches, final=True), report
+    return write_manifest(root, writer.manifest(caches, final=True)), report
 
 
 def _equalize(root: Path, bundle: Bundle, samples: list[Sample], routed: bool, alpha: float, work: Path,
@@ -171,16 +174,16 @@ def _equalize(root: Path, bundle: Bundle, samples: list[Sample], routed: bool, a
     a first pass over the calibration set; a routed model's from its route-agnostic pass,
     in which every branch sees tiles."""
     first = capture(bundle, samples, "minmax", work, not routed, progress, len(samples), ranges=False)
-    manifest = json.loads((root / MANIFEST).read_text())
+    manifest = copy.deepcopy(bundle.spec)
     done = {}
     for i, (stage, feeds) in enumerate(first.feeds.items()):
         progress(f"channel equalization {stage}", i, len(first.feeds))
         path = bundle.stage_path(stage, "fp32")
         result = equalize_stage(path, feeds, alpha)
         if result.pairs:
-            manifest["stages"][stage]["sha256"]["fp32"] = file_sha256(path)
+            manifest.stages[stage].sha256["fp32"] = file_sha256(path)
             done[stage] = result
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(root, manifest)
     return done
 
 
@@ -207,7 +210,7 @@ class _StageWriter:
     def __init__(self, root: Path, bundle: Bundle, progress: Progress = lambda *_: None):
         self.root, self.stages = root, list(bundle.stages)
         self.fp32 = {stage: bundle.stage_path(stage, "fp32") for stage in self.stages}
-        self.base = json.loads((root / MANIFEST).read_text())
+        self.base = bundle.spec
         self.written: dict[str, tuple[str, frozenset]] = {}
         self.scales: dict[str, dict[str, float]] = {}
         self.progress = progress
@@ -225,23 +228,23 @@ class _StageWriter:
                 self.shifts[stage] = (correct_biases(self.fp32[stage], path, feeds[stage], self.progress)
                                       if feeds.get(stage) else {})
                 self.written[stage] = key
-        (self.root / MANIFEST).write_text(json.dumps(self.manifest({}, final=False), indent=2) + "\n")
+        write_manifest(self.root, self.manifest({}, final=False))
         return dict(self.scales)
 
     def bundle(self) -> Bundle:
         return Bundle(self.root)
 
-    def manifest(self, caches: dict[str, str], final: bool) -> dict:
-        manifest = json.loads(json.dumps(self.base))
+    def manifest(self, caches: dict[str, str], final: bool) -> Manifest:
+        manifest = copy.deepcopy(self.base)
         for stage in self.written:
-            entry = manifest["stages"][stage]
-            entry["files"]["int8"] = f"{stage}.int8.onnx"
+            entry = manifest.stages[stage]
+            entry.files["int8"] = f"{stage}.int8.onnx"
             if final:  # checksums only once the files stop changing
-                entry["sha256"]["int8"] = file_sha256(self.root / entry["files"]["int8"])
-                entry["calibration_cache"] = caches[stage]
-        manifest["precisions"] = ["fp32", "int8"]
+                entry.sha256["int8"] = file_sha256(self.root / entry.files["int8"])
+                entry.calibration_cache = caches[stage]
+        manifest.precisions = ["fp32", "int8"]
         if final:
-            manifest["calibration"] = CALIBRATION_FILE
+            manifest.calibration = CALIBRATION_FILE
         return manifest
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -14,9 +13,10 @@ import onnx
 import torch
 
 from edgerestore.models import RestorationModel, create_model
+from edgerestore.models.base import StageGraph
 from edgerestore.runtime.atomic import atomic_directory
-from edgerestore.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_sha256
 from edgerestore.runtime.errors import EdgeRestoreError
+from edgerestore.runtime.schema import FORMAT, FORMAT_VERSION, MANIFEST, Manifest, file_sha256, write_manifest
 
 from .parity import Parity, check_stage
 from .to_onnx import OPSET, export_stage
@@ -79,29 +79,37 @@ def write_bundle(model: RestorationModel, name: str, output: Path,
             if not parity.max_abs_error <= PARITY_TOLERANCE:
                 raise EdgeRestoreError(f"export of stage '{stage.name}' does not reproduce PyTorch: max abs error "
                                        f"{parity.max_abs_error:.2e} > {PARITY_TOLERANCE:g}; no bundle written")
-            stages[stage.name] = {
-                "files": {"fp32": file},
-                "sha256": {"fp32": file_sha256(tmp / file)},
-                "inputs": [s.to_json() for s in stage.inputs],
-                "outputs": [s.to_json() for s in stage.outputs],
-                "macs_per_pixel": stage.macs_per_pixel,
-                "macs_per_call": stage.macs_per_call,
-            }
-        manifest = build_manifest(model, name, stages, split.plan, split.initial, report.parity, split.output)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            stages[stage.name] = stage_entry(stage, file, file_sha256(tmp / file))
+        manifest = build_manifest(model, name, stages, split.plan, split.initial, report.parity, split.output,
+                                  origin=f"bundle '{output}'")
+        write_manifest(tmp, manifest, origin=f"bundle '{output}'")
         if int8 is not None:
             from edgerestore.calibration.int8 import add_int8
 
-            manifest, report.int8 = add_int8(tmp, int8, progress)
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            report.int8 = add_int8(tmp, int8, progress)[1]  # it writes the manifest with the INT8 files
     report.seconds = time.perf_counter() - start
     return report
 
 
-def build_manifest(model: RestorationModel, name: str, stages: dict[str, Any], plan: list[dict[str, Any]],
-                   initial: dict[str, Any], parity: list[Parity], output: str = "image") -> dict[str, Any]:
-    low, high = model.value_range
+def stage_entry(stage: StageGraph, file: str, sha256: str) -> dict[str, Any]:
+    """The manifest entry of an exported FP32 stage."""
     return {
+        "files": {"fp32": file},
+        "sha256": {"fp32": sha256},
+        "inputs": [s.to_json() for s in stage.inputs],
+        "outputs": [s.to_json() for s in stage.outputs],
+        "macs_per_pixel": stage.macs_per_pixel,
+        "macs_per_call": stage.macs_per_call,
+    }
+
+
+def build_manifest(model: RestorationModel, name: str, stages: dict[str, Any], plan: list[dict[str, Any]],
+                   initial: dict[str, Any], parity: list[Parity], output: str = "image",
+                   origin: str = "export") -> Manifest:
+    """The manifest of an FP32 export, validated (:mod:`edgerestore.runtime.schema`): the model's
+    plan and stage specs are checked here, before a bundle a reader would refuse can be written."""
+    low, high = model.value_range
+    return Manifest.from_json({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": {"name": name, "arch": model.arch, "config": model.config()},
@@ -126,7 +134,7 @@ def build_manifest(model: RestorationModel, name: str, stages: dict[str, Any], p
             "host": platform.platform(),
             "parity": [p.to_json() for p in parity],
         },
-    }
+    }, origin)
 
 
 def require_weights(name: str, weights: str | Path | None) -> None:

@@ -184,16 +184,25 @@ class Executor:
         for hook in self.stage_hooks:
             hook(stage, rows, feeds, outputs, seconds)
         for graph_name, var in step["out"].items():
-            self._store(env, var, rows, outputs[graph_name], everyone)
+            self._store(env, var, rows, outputs[graph_name], everyone, f"stage '{stage}'")
 
     def _store(self, env: dict[str, np.ndarray], var: str, rows: np.ndarray, value: np.ndarray,
-               everyone: bool) -> None:
-        """Write ``value`` (one row per entry of ``rows``) into the plan variable ``var``."""
+               everyone: bool, writer: str) -> None:
+        """Write ``value`` (one row per entry of ``rows``) into the plan variable ``var``.
+
+        A subset of rows may create a variable (a branch's own intermediate): the other rows
+        get zeros, which nothing reads -- the bundle check (runtime/schema/plan.py) refuses a
+        plan that reads a variable on a path where it was not written. A subset may not change
+        an existing variable's shape: the other rows' values could not stay."""
         if everyone:
             env[var] = value
             return
-        if var not in env or env[var].shape[1:] != value.shape[1:]:
+        if var not in env:
             env[var] = np.zeros((len(self._active), *value.shape[1:]), value.dtype)
+        elif env[var].shape[1:] != value.shape[1:]:
+            raise EdgeRestoreError(f"bundle '{self.bundle.root}': {writer} writes '{var}' with shape "
+                                   f"{tuple(value.shape[1:])} for some rows, but '{var}' has shape "
+                                   f"{tuple(env[var].shape[1:])} for the others")
         env[var][rows] = value
 
     def _switch(self, step: dict[str, Any], env: dict[str, np.ndarray], rows: np.ndarray) -> None:
@@ -212,7 +221,8 @@ class Executor:
         record[rows] = choice
         if "one_hot" in step:
             one_hot = np.eye(len(branches), dtype=np.float32)[choice]
-            self._store(env, step["one_hot"], rows, one_hot, len(rows) == len(self._active))
+            self._store(env, step["one_hot"], rows, one_hot, len(rows) == len(self._active),
+                        f"switch '{step['name']}'")
         for hook in self.decision_hooks:
             hook(step["name"], rows, choice, probs)
         if blended:
@@ -250,7 +260,7 @@ class Executor:
                     mixed[var] = np.zeros((len(rows), *out.shape[1:]), np.float32)
                 mixed[var][taken] += weight.reshape(-1, *[1] * (out.ndim - 1)) * out
         for var, value in mixed.items():
-            self._store(env, var, rows, value, len(rows) == len(self._active))
+            self._store(env, var, rows, value, len(rows) == len(self._active), f"switch '{step['name']}'")
 
     def _loop(self, step: dict[str, Any], env: dict[str, np.ndarray], rows: np.ndarray) -> None:
         var = step["var"]
@@ -261,13 +271,14 @@ class Executor:
 
     def _resize(self, step: dict[str, Any], env: dict[str, np.ndarray], rows: np.ndarray) -> None:
         """Every row of a variable has one size, so the rows that reach a resize are all that
-        matter: rows outside them (retired ones) keep their values only where the size stays."""
+        matter; while some rows are retired, a resize may not change an existing variable's
+        size (the retired rows' values could not stay: ``_store`` refuses it)."""
         source = self._variable(env, step["in"], "resize")
         everyone = len(rows) == len(self._active)
         size = resize_size(step, lambda var: self._variable(env, var, "resize").shape[-2:], self._loop_values,
                            self.bundle.root)
         value = resize_bilinear(source if everyone else source[rows], *size)
-        self._store(env, step["out"], rows, value, everyone)
+        self._store(env, step["out"], rows, value, everyone, f"the resize of '{step['in']}'")
 
     # -- compute accounting -------------------------------------------------------------
     def _macs_per_row(self, stage: str, feeds: dict[str, np.ndarray]) -> float:

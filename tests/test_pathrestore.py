@@ -154,7 +154,7 @@ def _edit_manifest(bundle, tmp_path, edit):
 
 def test_router_stage_missing(routed, tmp_path):
     bundle = _edit_manifest(routed[1], tmp_path, lambda m, d: m["stages"].pop("pathfinder"))
-    with pytest.raises(EdgeRestoreError, match="plan uses stage 'pathfinder' that the manifest does not define"):
+    with pytest.raises(EdgeRestoreError, match=r"manifest.json: plan\[1\]\.stage: unknown stage 'pathfinder'"):
         Bundle(bundle)
 
 

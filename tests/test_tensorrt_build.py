@@ -68,6 +68,7 @@ def add_int8(root: Path, trt_version=(10, 3, 0), method="entropy") -> None:
     stage["files"]["int8"] = "main.int8.onnx"
     stage["sha256"]["int8"] = file_sha256(root / "main.int8.onnx")
     stage["calibration_cache"] = "calib/main.cache"
+    manifest["precisions"] = ["fp32", "int8"]
     (root / "manifest.json").write_text(json.dumps(manifest))
 
 

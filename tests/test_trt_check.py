@@ -46,6 +46,7 @@ def with_int8_stages(bundle: Path, out: Path) -> Path:
         quantize_stage(source, target, {name: 2.0 for name in tensors}, [])
         spec["files"]["int8"] = target.name
         spec["sha256"]["int8"] = file_sha256(target)
+    manifest["precisions"] = ["fp32", "int8"]
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
@@ -247,16 +248,15 @@ def test_cli_lists_findings_and_fails(small_bundle, tmp_path, run_cli):
                     [image_input("input", h="height", w="width")], [output("output")]), str(bad / "main.onnx"))
     manifest = json.loads((bad / "manifest.json").read_text())
     manifest["stages"]["main"]["sha256"]["fp32"] = file_sha256(bad / "main.onnx")
-    manifest["tiling"].pop("tile")
     (bad / "manifest.json").write_text(json.dumps(manifest))
     result = run_cli("check", bad)
     assert result.exit_code == 1
+    # (the manifest's tile pins the dynamic H/W: no warning; a manifest without a tile is
+    # refused on load, see tests/test_bundle_schema.py)
     assert result.stdout.splitlines() == [
         "error: main [fp32] nz (NonZero): NonZero has a data-dependent output shape: no static engine profile or tile "
-        "batch can hold it",
-        "warning: main [fp32] input 'input': dynamic H/W (height, width) and the manifest has no tile size to pin "
-        "them: the build has no spatial range for the profile"]
-    assert "fails the TensorRT check (1 stage files, 1 errors, 1 warnings)" in result.stderr
+        "batch can hold it"]
+    assert "fails the TensorRT check (1 stage files, 1 errors, 0 warnings)" in result.stderr
     report = json.loads(run_cli("check", bad, "--json").stdout)
     assert not report["ok"] and report["errors"] == 1 and report["findings"][0]["node"] == "nz (NonZero)"
     assert run_cli("check", bad, "--tile", "64").stdout.count("warning") == 0
