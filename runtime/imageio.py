@@ -227,6 +227,8 @@ def _decode_pillow(data: bytes, kind: str, path: Path) -> np.ndarray:
             elif pil.mode == "1":
                 pil = pil.convert("L")
             mode, array = pil.mode, np.asarray(pil)
+    except PILImage.DecompressionBombError as exc:  # over twice Pillow's pixel limit: not corrupt, too large
+        raise EdgeRestoreError(f"cannot decode '{path}': {_first_line(exc)}") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... on corrupt data
         raise EdgeRestoreError(f"cannot decode '{path}': file is truncated or corrupt ({_first_line(exc)})") from None
     if mode in ("I;16", "I;16B", "I") and kind == "png":  # 16-bit gray ("I": older Pillow, int32)

@@ -33,7 +33,8 @@ def _run(command: list, what: str, timeout: float = 600, **kwargs) -> subprocess
                             env=_clean_env(), **kwargs)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-        pytest.fail(f"{what} failed (exit {result.returncode}); it needs the package registry for pip:\n{tail}")
+        pytest.fail(f"{what} failed (exit {result.returncode}); this test needs the package registry "
+                    f"(pip downloads the runtime's dependencies). Last lines:\n{tail}")
     return result
 
 
