@@ -9,6 +9,7 @@ import sys
 import click
 
 from .errors import EdgeRestoreError
+from .optional import missing_for_command
 
 # name -> ("module:attribute", one-line help); each subcommand lives with the package
 # it drives, and `--help` lists them without importing any.
@@ -36,7 +37,13 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attribute = COMMANDS[name][0].split(":")
-        return getattr(importlib.import_module(module), attribute)
+        try:
+            return getattr(importlib.import_module(module), attribute)
+        except ModuleNotFoundError as exc:  # e.g. `export` without torch: name the extra, no traceback
+            error = missing_for_command(exc, name)
+            if error is None:
+                raise
+            raise error from None
 
     def format_commands(self, ctx, formatter):
         with formatter.section("Commands"):

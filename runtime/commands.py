@@ -10,6 +10,7 @@ import numpy as np
 
 from . import backends, imageio
 from .errors import EdgeRestoreError
+from .optional import require
 from .restore import ROUTE_POLICIES, Restorer
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -124,6 +125,10 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
     targets = output_paths(files, output)
     if route_map is not None and (len(files) != 1 or whole):
         raise EdgeRestoreError("--route-map needs exactly one input image and tiled mode")
+    if route_map is not None:
+        from .routemap import PURPOSE
+
+        require("cv2", PURPOSE)  # before the restore, not after it
     restorer = make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence,
                              route_policy)
     if route_map is not None and restorer.whole:  # the bundle runs whole images unless given --tile
@@ -188,6 +193,7 @@ def eval_command(bundle, data, spec, gt, backend, precision, tile, overlap, whol
     from .degrade import parse
     from .evaluate import evaluate
 
+    require("skimage", "eval (SSIM)")
     if spec is not None:
         parse(spec)  # a bad spec fails before the bundle loads
     restorer = make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence,

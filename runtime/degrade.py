@@ -15,11 +15,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import Image as PILImage
 
 from edgerestore.runtime.errors import EdgeRestoreError
+from edgerestore.runtime.optional import require
 
 StepFunction = Callable[[np.ndarray, tuple[float, ...], np.random.RandomState], np.ndarray]
 
@@ -54,7 +54,13 @@ def _gaussian_peaks(img: np.ndarray, params: tuple[float, ...], rng: np.random.R
     return img + rng.standard_normal(img.shape) * sigma[..., None] / 255.0
 
 
+def _opencv(step: str):
+    """OpenCV for the steps that filter or encode with it (``parse`` checks first, by step name)."""
+    return require("cv2", f"the '{step}' degradation")
+
+
 def _blur(img: np.ndarray, params: tuple[float, ...], rng: np.random.RandomState) -> np.ndarray:
+    cv2 = _opencv("blur")
     size = 2 * math.ceil(3 * params[0]) + 1
     blurred = cv2.GaussianBlur(img, (size, size), params[0], borderType=cv2.BORDER_REFLECT)
     return blurred.reshape(img.shape)  # OpenCV drops a trailing single channel
@@ -66,6 +72,7 @@ def motion_kernel(length: int, angle: float) -> np.ndarray:
     The kernel side is odd and the kernel point-symmetric, so the blur does not
     shift the image; an even length gets half-weight end pixels.
     """
+    cv2 = _opencv("motion")
     size = length | 1
     centre = size // 2
     kernel = np.zeros((size, size))
@@ -80,10 +87,12 @@ def motion_kernel(length: int, angle: float) -> np.ndarray:
 
 def _motion(img: np.ndarray, params: tuple[float, ...], rng: np.random.RandomState) -> np.ndarray:
     kernel = motion_kernel(int(params[0]), rng.uniform(0, 180))
+    cv2 = _opencv("motion")
     return cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT).reshape(img.shape)
 
 
 def _jpeg(img: np.ndarray, params: tuple[float, ...], rng: np.random.RandomState) -> np.ndarray:
+    cv2 = _opencv("jpeg")
     pixels = np.rint(np.clip(img, 0, 1) * 255).astype(np.uint8)
     colour = pixels.shape[2] == 3
     array = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if colour else pixels[..., 0]
@@ -132,6 +141,7 @@ def rain_streaks(height: int, width: int, density: float, rng: np.random.RandomS
     """Streak layer S (HxW, in [0, 1]): seeds of random brightness at ``density`` of the pixels,
     drawn into lines of one random length along one random direction per image (a little
     thickened). Seeded on a margin around the image so streaks enter from outside its borders."""
+    cv2 = _opencv("rain")
     length = rng.randint(RAIN_LENGTH[0], RAIN_LENGTH[1] + 1)
     angle = 90.0 + rng.uniform(-RAIN_TILT, RAIN_TILT)  # motion_kernel's 90 degrees: vertical
     margin = length
@@ -161,6 +171,7 @@ class _Kind:
     integer: bool = False
     low: float = 0.0
     high: float = math.inf
+    opencv: bool = False
 
     @property
     def arity(self) -> int:
@@ -171,13 +182,15 @@ _KINDS: dict[str, _Kind] = {
     "gaussian": _Kind(_gaussian, "SIGMA", "white Gaussian noise, SIGMA on the 0-255 scale (published protocol)"),
     "gaussian-ramp": _Kind(_gaussian_ramp, "LO-HI", "Gaussian noise, SIGMA rising from LO (left) to HI (right)"),
     "gaussian-peaks": _Kind(_gaussian_peaks, "LO-HI", "Gaussian noise, SIGMA from LO up to HI in a few random bumps"),
-    "blur": _Kind(_blur, "SIGMA", "isotropic Gaussian blur, standard deviation SIGMA pixels"),
-    "motion": _Kind(_motion, "LENGTH", "linear motion blur LENGTH pixels long at a random angle", integer=True, low=1),
-    "jpeg": _Kind(_jpeg, "QUALITY", "JPEG at QUALITY 1-100 (clips, rounds to 8 bits)", integer=True, low=1, high=100),
+    "blur": _Kind(_blur, "SIGMA", "isotropic Gaussian blur, standard deviation SIGMA pixels", opencv=True),
+    "motion": _Kind(_motion, "LENGTH", "linear motion blur LENGTH pixels long at a random angle", integer=True, low=1,
+                    opencv=True),
+    "jpeg": _Kind(_jpeg, "QUALITY", "JPEG at QUALITY 1-100 (clips, rounds to 8 bits)", integer=True, low=1, high=100,
+                  opencv=True),
     "down": _Kind(_down, "SCALE", "bicubic downscale by SCALE like MATLAB imresize; crops target", integer=True, low=1),
     "saltpepper": _Kind(_saltpepper, "FRACTION", "FRACTION 0-1 of the pixels set to black or white, half each", high=1),
     "rain": _Kind(_rain, "DENSITY", "rain streaks starting at DENSITY 0-1 of the pixels (0.001 light, 0.005 heavy) "
-                  "over a veil: T*(img+S)+(1-T)*A", high=1),
+                  "over a veil: T*(img+S)+(1-T)*A", high=1, opencv=True),
 }
 
 
@@ -228,7 +241,11 @@ def parse(spec: str, seed: int = 0) -> Degradation:
         raise EdgeRestoreError(f"seed must be in 0..{2**32 - 1}, got {seed}")
     if not spec.strip():
         raise _spec_error(spec, "it is empty")
-    return Degradation(tuple(_parse_step(spec, part.strip()) for part in spec.split("+")), seed)
+    steps = tuple(_parse_step(spec, part.strip()) for part in spec.split("+"))
+    for step in steps:
+        if _KINDS[step.name].opencv:
+            _opencv(step.name)
+    return Degradation(steps, seed)
 
 
 def spec_help() -> str:

@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 from . import degrade, imageio, metrics
+from .optional import require
 from .restore import Restorer
 from .routemap import route_map
 
@@ -27,8 +28,7 @@ def default_image() -> tuple[np.ndarray, str]:
         path = root / "data" / "Kodak24" / "kodim23.png"
         if path.is_file():
             return imageio.to_float(imageio.read_image(path)).astype(np.float64), path.name
-    from skimage import data
-
+    data = require("skimage.data", "the demo's sample photo", alternative="give --image PATH")
     return data.astronaut().astype(np.float64) / 255.0, "astronaut (scikit-image sample)"
 
 
@@ -51,6 +51,8 @@ def side_by_side(*panels: np.ndarray, gap: int = 8) -> np.ndarray:
 @click.option("--backend", default="auto", show_default=True, help="Backend (auto picks the fastest CPU one).")
 def demo_command(output: Path, image: Path | None, noise: str, backend: str) -> None:
     """Export Path-Restore, restore a noisy photo on the CPU, save before|after|clean|route map."""
+    require("torch", "edgerestore demo (it exports the shipped checkpoint)")
+    require("cv2", "edgerestore demo (it draws the route map)")
     from edgerestore.export import export_bundle
 
     degradation = degrade.parse(noise)

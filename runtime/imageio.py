@@ -17,6 +17,16 @@ restoration run must never quietly work on a damaged or misread input:
 * OpenCV expands a gray+alpha PNG to four channels; it comes back as gray + alpha.
 * Anything that is not 8- or 16-bit gray, RGB or RGBA (float, signed, CMYK,
   extra channels) is rejected rather than converted.
+
+OpenCV is optional (the ``opencv`` extra; a Jetson has JetPack's). Without it, Pillow
+decodes and encodes PNG, JPEG and BMP, but only what it holds exactly, and gives the
+same arrays as OpenCV for those (the tests decode every case both ways and compare):
+8-bit gray, gray+alpha, RGB, RGBA, palette and low-bit gray, and 16-bit gray. A 16-bit
+colour or alpha PNG (Pillow keeps 8 of its bits), a CMYK JPEG, a BMP with alpha to
+write (Pillow's would read back without it) and the TIFFs left to OpenCV above are
+refused with the line that says how to install OpenCV. A full Pillow decode fails on
+truncated JPEGs by itself; PNGs are also verified (chunk CRCs, the end chunk), which
+Pillow's decode alone skips.
 """
 
 from __future__ import annotations
@@ -28,13 +38,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import tifffile
 from PIL import Image as PILImage
 
 from edgerestore.runtime.atomic import atomic_file
 from edgerestore.runtime.errors import EdgeRestoreError
+from edgerestore.runtime.optional import load_if_installed, missing
+
+cv2 = load_if_installed("cv2")  # None: PNG, JPEG and BMP go through Pillow (module docstring)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -47,8 +59,9 @@ _MAGIC = {
     b"MM\x00+": "tiff",
     b"BM": "bmp",
 }
-_PNG_COLOUR_TYPE_OFFSET = 25  # 8-byte signature, then IHDR length, type, width, height, bit depth
-_PNG_GRAY_ALPHA = 4
+_PNG_BIT_DEPTH_OFFSET = 24  # 8-byte signature, then IHDR length, type, width, height
+_PNG_COLOUR_TYPE_OFFSET = 25
+_PNG_GRAY, _PNG_GRAY_ALPHA = 0, 4
 _TIFF_EXACT = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
 _TIFF_ALPHA = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
 _NEED = "need 8- or 16-bit gray, RGB or RGBA"
@@ -75,6 +88,8 @@ def read_image(path: str | os.PathLike[str]) -> Image:
     gray_alpha = False
     if kind == "tiff":
         array = _decode_tiff(data, path)
+    elif cv2 is None:
+        array = _decode_pillow(data, kind, path)
     else:
         if kind == "jpeg":
             _verify_jpeg(data, path)
@@ -101,7 +116,8 @@ def write_image(path: str | os.PathLike[str], pixels: np.ndarray, alpha: np.ndar
     The format follows the extension. PNG and TIFF keep 16 bits; JPEG and BMP are
     8-bit only, so 16-bit data is rounded to 8 bits for them. JPEG has no alpha
     channel, so ``alpha`` is dropped there. PNG and BMP have no gray+alpha mode
-    in OpenCV, so gray with alpha is written as RGBA.
+    in OpenCV, so gray with alpha is written as RGBA (by Pillow too, so that a file
+    is the same whichever wrote it).
     """
     path = Path(path)
     ext = path.suffix.lower()
@@ -116,7 +132,12 @@ def write_image(path: str | os.PathLike[str], pixels: np.ndarray, alpha: np.ndar
         raise ValueError(f"write_image needs uint8/uint16 HxWx1 or HxWx3 pixels, got {pixels.dtype} {pixels.shape}")
     if alpha is not None and (alpha.dtype != pixels.dtype or alpha.shape != pixels.shape[:2]):
         raise ValueError(f"alpha must be {pixels.dtype} {pixels.shape[:2]}, got {alpha.dtype} {alpha.shape}")
-    data = _encode_tiff(pixels, alpha) if ext in (".tif", ".tiff") else _encode_opencv(pixels, alpha, ext, path)
+    if ext in (".tif", ".tiff"):
+        data = _encode_tiff(pixels, alpha)
+    elif cv2 is None:
+        data = _encode_pillow(pixels, alpha, ext, path)
+    else:
+        data = _encode_opencv(pixels, alpha, ext, path)
     try:
         with atomic_file(path) as tmp:
             tmp.write_bytes(data)
@@ -158,6 +179,9 @@ def _read_bytes(path: Path) -> bytes:
 @contextmanager
 def opencv_silenced() -> Iterator[None]:
     """Keep OpenCV's multi-line decoder warnings off stderr; our error says it in one line."""
+    if cv2 is None:
+        yield
+        return
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
@@ -166,8 +190,14 @@ def opencv_silenced() -> Iterator[None]:
         cv2.utils.logging.setLogLevel(level)
 
 
+def _needs_opencv(what: str, alternative: str | None = None) -> EdgeRestoreError:
+    return EdgeRestoreError(missing("cv2", what, alternative))
+
+
 def _decode_opencv(data: bytes, path: Path) -> np.ndarray:
     """Decode with OpenCV and return gray, RGB or RGBA channel order."""
+    if cv2 is None:  # the TIFFs tifffile leaves to OpenCV (module docstring)
+        raise _needs_opencv(f"decoding '{path}', a TIFF that tifffile does not read exactly,")
     with opencv_silenced():
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
@@ -176,6 +206,35 @@ def _decode_opencv(data: bytes, path: Path) -> np.ndarray:
         return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
     if array.ndim == 3 and array.shape[2] == 4:
         return cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
+    return array
+
+
+def _decode_pillow(data: bytes, kind: str, path: Path) -> np.ndarray:
+    """Decode a PNG, JPEG or BMP with Pillow (no OpenCV installed) to what OpenCV's path
+    returns: gray, gray+alpha (two channels here), RGB or RGBA; refuse what Pillow misreads."""
+    if kind == "png" and data[_PNG_BIT_DEPTH_OFFSET] == 16 and data[_PNG_COLOUR_TYPE_OFFSET] != _PNG_GRAY:
+        raise _needs_opencv(f"decoding '{path}', a 16-bit colour or alpha PNG (Pillow keeps 8 bits of it),")
+    try:
+        if kind == "png":
+            with PILImage.open(io.BytesIO(data)) as pil:
+                pil.verify()  # chunk CRCs and IEND: a decode alone accepts a PNG cut after its pixel data
+        with PILImage.open(io.BytesIO(data)) as pil:
+            pil.load()
+            if pil.mode in ("P", "PA"):  # a palette: as OpenCV, RGB, or RGBA if it has transparency
+                pil = pil.convert("RGBA" if pil.mode == "PA" or "transparency" in pil.info else "RGB")
+            elif pil.mode == "RGB" and "transparency" in pil.info:  # a PNG's colour key, alpha in OpenCV
+                pil = pil.convert("RGBA")
+            elif pil.mode == "1":
+                pil = pil.convert("L")
+            mode, array = pil.mode, np.asarray(pil)
+    except PILImage.DecompressionBombError as exc:  # over twice Pillow's pixel limit: not corrupt, too large
+        raise EdgeRestoreError(f"cannot decode '{path}': {_first_line(exc)}") from None
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... on corrupt data
+        raise EdgeRestoreError(f"cannot decode '{path}': file is truncated or corrupt ({_first_line(exc)})") from None
+    if mode in ("I;16", "I;16B", "I") and kind == "png":  # 16-bit gray ("I": older Pillow, int32)
+        return array.astype(np.uint16)
+    if mode not in ("L", "LA", "RGB", "RGBA"):
+        raise _needs_opencv(f"decoding '{path}', a {mode} {kind.upper()},")
     return array
 
 
@@ -271,12 +330,45 @@ def _encode_opencv(pixels: np.ndarray, alpha: np.ndarray | None, ext: str, path:
     else:
         rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
         array = cv2.cvtColor(np.dstack([rgb, alpha]), cv2.COLOR_RGBA2BGRA)
-    if array.dtype == np.uint16 and ext in (".jpg", ".jpeg", ".bmp"):
-        array = np.rint(array / 257.0).astype(np.uint8)
+    if ext in (".jpg", ".jpeg", ".bmp"):
+        array = _eight_bit(array)
     ok, buffer = cv2.imencode(ext, array)
     if not ok:
         raise EdgeRestoreError(f"cannot write '{path}': the {ext} encoder failed")
     return buffer.tobytes()
+
+
+# Pillow's options for OpenCV's defaults: PNG compression 1 (fast), JPEG quality 95.
+_PILLOW_FORMATS = {".png": ("PNG", {"compress_level": 1}), ".jpg": ("JPEG", {"quality": 95}),
+                   ".jpeg": ("JPEG", {"quality": 95}), ".bmp": ("BMP", {})}
+
+
+def _encode_pillow(pixels: np.ndarray, alpha: np.ndarray | None, ext: str, path: Path) -> bytes:
+    """What :func:`_encode_opencv` writes, with Pillow (no OpenCV installed); refuses what
+    Pillow cannot write exactly (module docstring)."""
+    if ext in (".jpg", ".jpeg"):
+        alpha = None
+    if ext != ".png":
+        pixels, alpha = _eight_bit(pixels), None if alpha is None else _eight_bit(alpha)
+    if pixels.dtype == np.uint16 and (pixels.shape[2] == 3 or alpha is not None):
+        raise _needs_opencv(f"writing '{path}', a 16-bit colour or alpha PNG (Pillow writes 8 bits of it),",
+                            "write a .tif")
+    if ext == ".bmp" and alpha is not None:
+        raise _needs_opencv(f"writing '{path}', a BMP with alpha (Pillow's reads back without it),",
+                            "write a .png")
+    if alpha is None:
+        array = pixels[..., 0] if pixels.shape[2] == 1 else pixels
+    else:
+        array = np.dstack([np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels, alpha])
+    image_format, options = _PILLOW_FORMATS[ext]
+    buffer = io.BytesIO()
+    PILImage.fromarray(array).save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def _eight_bit(array: np.ndarray) -> np.ndarray:
+    """8-bit formats (JPEG, BMP): 16-bit values rounded to the nearest 8-bit one."""
+    return np.rint(array / 257.0).astype(np.uint8) if array.dtype == np.uint16 else array
 
 
 def _first_line(exc: BaseException) -> str:

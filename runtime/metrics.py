@@ -11,7 +11,8 @@ numbers by hundredths of a dB, which is the size of many reported gains.
 from __future__ import annotations
 
 import numpy as np
-from skimage.metrics import structural_similarity
+
+from .optional import require
 
 # BT.601 luma for RGB in [0, 1], giving Y in [16, 235] (BasicSR's rgb2ycbcr, y_only=True).
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966])
@@ -29,6 +30,7 @@ def psnr(a: np.ndarray, b: np.ndarray, border: int = 0, y_channel: bool = False)
 
 def ssim(a: np.ndarray, b: np.ndarray, border: int = 0, y_channel: bool = False) -> float:
     """Mean structural similarity of two uint8 images, averaged over channels."""
+    structural_similarity = require("skimage.metrics", "SSIM").structural_similarity
     x, y = _prepare(a, b, border, y_channel)
     return float(
         structural_similarity(

@@ -17,10 +17,12 @@ from .atomic import atomic_file
 from .bundle import Bundle
 from .commands import make_restorer, runtime_options
 from .errors import EdgeRestoreError
+from .optional import require
 from .profiler import profile
 
 DEFAULT_SIZE = (1280, 720)
 DEFAULT_DEGRADE = "gaussian-peaks:5-50"  # spatially variant noise: routed models show their range
+_GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # RGB -> gray, as OpenCV's cvtColor for float
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -33,20 +35,18 @@ def parse_size(text: str) -> tuple[int, int]:
 def profile_frame(channels: int, size: tuple[int, int] | None, image: Path | None, spec: str) -> tuple[np.ndarray, str]:
     """The frame to profile (float HxWxC) and a description. Content matters for routed
     models, so it is a photo (scikit-image's bundled astronaut unless --image), degraded."""
-    import cv2
-
     if image is not None:
         clean, name = imageio.to_float(imageio.read_image(image)), image.name
     else:
-        from skimage import data
-
+        data = require("skimage.data", "profile's sample photo", alternative="profile your own with --image PATH")
         clean, name = data.astronaut().astype(np.float32) / 255.0, "astronaut (scikit-image sample)"
     width, height = size or ((clean.shape[1], clean.shape[0]) if image is not None else DEFAULT_SIZE)
     if (width, height) != (clean.shape[1], clean.shape[0]):
+        cv2 = require("cv2", "resizing the profiled frame", alternative="give --image at the size to profile")
         clean = cv2.resize(clean, (width, height), interpolation=cv2.INTER_AREA)
         clean = clean.reshape(height, width, -1)
     if channels == 1 and clean.shape[2] == 3:
-        clean = cv2.cvtColor(clean, cv2.COLOR_RGB2GRAY)[..., None]
+        clean = (clean @ _GRAY_WEIGHTS)[..., None]
     elif channels == 3 and clean.shape[2] == 1:
         clean = np.repeat(clean, 3, axis=2)
     if spec != "none":
@@ -103,6 +103,10 @@ def profile_command(bundle, size, backends, precision, tile, overlap, whole, bat
             raise EdgeRestoreError(f"cannot write '{path}': directory '{path.parent}' does not exist")
     if plot_path is not None and plot_path.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise EdgeRestoreError(f"--plot '{plot_path}': use a .png, .svg or .pdf file name")
+    if plot_path is not None:
+        from .profile_plot import PURPOSE
+
+        require("matplotlib", PURPOSE)  # before the profile runs, not after
     if use_tegrastats and not tegrastats.available():
         raise EdgeRestoreError("--tegrastats: no 'tegrastats' on PATH (it ships with JetPack on a Jetson)")
     sample = tegrastats.available() if use_tegrastats is None else use_tegrastats

@@ -1,6 +1,6 @@
 """``profile --plot``: the latency distribution of each stage, one box per backend.
 
-Drawn with matplotlib (a dependency for this alone): axes, a log scale, box plots and a
+Drawn with matplotlib (the ``plot`` extra, for this alone): axes, a log scale, box plots and a
 legend are what it is for, and drawing them by hand with OpenCV would be code of ours that
 has nothing to do with restoration. It is imported only here, so ``restore`` on a device
 never loads it, and it uses the Agg canvas (no display, no pyplot global state).
@@ -14,6 +14,9 @@ import numpy as np
 
 from .atomic import atomic_file
 from .errors import EdgeRestoreError
+from .optional import require
+
+PURPOSE = "profile --plot"
 
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
@@ -21,7 +24,7 @@ _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 def plot_latency(path: Path, title: str, runs: list[tuple[str, dict[str, np.ndarray]]]) -> None:
     """``runs``: (label, stage -> per-frame ms) per backend; stages in the first run's order,
     end-to-end on top."""
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", PURPOSE).Figure
     from matplotlib.patches import Patch
 
     suffix = path.suffix.lower().lstrip(".")

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import numpy as np
 
 from .executor import switches
+from .optional import require
 from .restore import RouteRecord
+
+PURPOSE = "drawing a route map (--route-map)"
 
 # Categorical colours (RGB), one per branch index of a switch; repeats past the end.
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -26,6 +28,7 @@ def route_map(image: np.ndarray, record: RouteRecord, plan: list[dict[str, Any]]
     cheap branch, tiles are coloured by their first branch and labelled with their chain
     instead (:func:`chains`).
     """
+    cv2 = require("cv2", PURPOSE)
     grid = record.grid
     if grid is None:
         raise ValueError("route maps need a tiled restore")
@@ -61,6 +64,7 @@ def _taken(record: RouteRecord, plan: list[dict[str, Any]]) -> list[list[dict[st
 def _chain_map(image: np.ndarray, record: RouteRecord, plan: list[dict[str, Any]]) -> np.ndarray:
     """Each tile's cell (the part no later tile covers) coloured by the first branch of its
     chain (a fixed colour per branch index; gray: no branch ran) and labelled with the chain."""
+    cv2 = require("cv2", PURPOSE)
     grid = record.grid
     first_switch = next(iter(switches(plan).values()))
     index = {id(b): i for i, b in enumerate(first_switch["branches"])}
@@ -95,6 +99,7 @@ def _overlay(image: np.ndarray, colors: np.ndarray) -> np.ndarray:
 
 
 def _outline(picture: np.ndarray, record: RouteRecord) -> np.ndarray:
+    cv2 = require("cv2", PURPOSE)
     t = record.grid.tile
     for oy, ox in _origins(record):
         cv2.rectangle(picture, (ox, oy), (ox + t - 1, oy + t - 1), (255, 255, 255), 1)

@@ -20,11 +20,11 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from . import imageio
 from .errors import EdgeRestoreError
+from .optional import require
 from .stream import Frame, Notice, Skipped
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv", ".y4m")
@@ -78,6 +78,7 @@ class CaptureSource:
     """A video file, a camera index or a GStreamer pipeline, read with cv2.VideoCapture."""
 
     def __init__(self, spec: str):
+        self.cv2 = cv2 = require("cv2", "reading videos, cameras and GStreamer pipelines")
         with imageio.opencv_silenced():
             if is_camera(spec):
                 self.kind, self.live = "camera", True
@@ -131,7 +132,7 @@ class CaptureSource:
                 yield Skipped(lost, f"{self.kind} frame could not be decoded (corrupt or missing data)")
             failed = []
             decoded += 1
-            yield Frame(index, _rgb(bgr))
+            yield Frame(index, _rgb(self.cv2, bgr))
             index += 1
         if not decoded:
             what = "delivered no frame" if self.live else "has no frame that can be decoded"
@@ -162,7 +163,7 @@ def open_source(inputs: list[str]) -> ImageSequence | CaptureSource:
     return ImageSequence(paths)
 
 
-def _rgb(bgr: np.ndarray) -> np.ndarray:
+def _rgb(cv2, bgr: np.ndarray) -> np.ndarray:
     if bgr.ndim == 2:
         return bgr[..., None]
     return cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB if bgr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
@@ -178,14 +179,16 @@ class VideoSink:
         suffix = name.suffix.lower()
         if suffix not in VIDEO_CODECS:
             raise EdgeRestoreError(f"cannot write video '{name}': use one of {', '.join(VIDEO_CODECS)}")
+        self.cv2 = require("cv2", "writing videos")
         self.path, self.name, self.fps, self.fourcc = path, name, fps, VIDEO_CODECS[suffix]
         self.on_notice = on_notice
-        self.writer: cv2.VideoWriter | None = None
+        self.writer = None  # a cv2.VideoWriter from the first frame on
         self.size: tuple[int, int] | None = None
         self._scaled: set[tuple[int, int]] = set()
         self.frames = 0
 
     def write(self, frame: Frame) -> None:
+        cv2 = self.cv2
         pixels = frame.pixels if frame.bit_depth == 8 else np.rint(frame.pixels / 257.0).astype(np.uint8)
         bgr = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR if pixels.shape[2] == 1 else cv2.COLOR_RGB2BGR)
         if self.writer is None:

@@ -1,10 +1,12 @@
-"""Image I/O: exact round trips, gray+alpha handling, and one-line errors for bad files."""
+"""Image I/O: exact round trips, gray+alpha handling, and one-line errors for bad files, through
+OpenCV and through the Pillow path a runtime without OpenCV takes (``codec`` fixture)."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -15,11 +17,30 @@ import pytest
 import tifffile
 from PIL import Image as PILImage
 
+from edgerestore.runtime import imageio
 from edgerestore.runtime.errors import EdgeRestoreError
 from edgerestore.runtime.imageio import Image, from_float, list_images, read_image, to_float, write_image
 
 RNG = np.random.default_rng(0)
 LOSSLESS = [(".png", 8), (".png", 16), (".tif", 8), (".tif", 16), (".tiff", 16), (".bmp", 8)]
+CODECS = ["opencv", "pillow"]
+NEEDS_OPENCV = "needs OpenCV: pip install 'edgerestore[opencv]'"
+
+
+def use_codec(monkeypatch: pytest.MonkeyPatch, codec: str) -> None:
+    """``pillow``: image I/O as in an install without OpenCV (imageio's ``cv2`` is then None)."""
+    monkeypatch.setattr(imageio, "cv2", cv2 if codec == "opencv" else None)
+
+
+@pytest.fixture(params=CODECS)
+def codec(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    use_codec(monkeypatch, request.param)
+    return request.param
+
+
+def pillow_cannot_write(ext: str, bit_depth: int, channels: int, with_alpha: bool) -> bool:
+    """What the Pillow path refuses to write (and says so): 16-bit colour or alpha PNGs, BMPs with alpha."""
+    return (ext == ".png" and bit_depth == 16 and (channels == 3 or with_alpha)) or (ext == ".bmp" and with_alpha)
 
 
 def _random(shape: tuple[int, ...], dtype: type) -> np.ndarray:
@@ -50,11 +71,26 @@ def _png_bytes(array: np.ndarray, colour_type: int) -> bytes:
 @pytest.mark.parametrize(("ext", "bit_depth"), LOSSLESS)
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("with_alpha", [False, True])
-def test_lossless_round_trip(tmp_path: Path, ext: str, bit_depth: int, channels: int, with_alpha: bool) -> None:
+@pytest.mark.parametrize("writer", CODECS)
+@pytest.mark.parametrize("reader", CODECS)
+def test_lossless_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ext: str, bit_depth: int, channels: int,
+                             with_alpha: bool, writer: str, reader: str) -> None:
+    """Each codec reads what either wrote; the Pillow path refuses, in one line, what it cannot hold."""
     dtype = np.uint8 if bit_depth == 8 else np.uint16
     pixels = _random((7, 9, channels), dtype)
     alpha = _random((7, 9), dtype) if with_alpha else None
+    use_codec(monkeypatch, writer)
+    if writer == "pillow" and pillow_cannot_write(ext, bit_depth, channels, with_alpha):
+        with pytest.raises(EdgeRestoreError, match=re.escape(NEEDS_OPENCV)) as info:
+            write_image(tmp_path / f"x{ext}", pixels, alpha)
+        assert "\n" not in str(info.value) and not list(tmp_path.iterdir())
+        return
     write_image(tmp_path / f"x{ext}", pixels, alpha)
+    use_codec(monkeypatch, reader)
+    if reader == "pillow" and ext == ".png" and bit_depth == 16 and (channels == 3 or with_alpha):
+        _one_line_error(tmp_path / f"x{ext}", re.escape("a 16-bit colour or alpha PNG (Pillow keeps 8 bits of it), "
+                                                        + NEEDS_OPENCV))
+        return
     image = read_image(tmp_path / f"x{ext}")
     if with_alpha and channels == 1 and ext in (".png", ".bmp"):
         pixels = np.repeat(pixels, 3, axis=2)  # OpenCV has no gray+alpha encoder: written as RGBA
@@ -69,7 +105,7 @@ def test_lossless_round_trip(tmp_path: Path, ext: str, bit_depth: int, channels:
 
 @pytest.mark.parametrize("ext", [".jpg", ".jpeg"])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_jpeg_round_trip_is_close_and_drops_alpha(tmp_path: Path, ext: str, channels: int) -> None:
+def test_jpeg_round_trip_is_close_and_drops_alpha(codec: str, tmp_path: Path, ext: str, channels: int) -> None:
     pixels = cv2.GaussianBlur(_random((32, 32, 3), np.uint8), (7, 7), 2)[..., :channels].copy()
     write_image(tmp_path / f"x{ext}", pixels, alpha=np.zeros((32, 32), np.uint8))
     image = read_image(tmp_path / f"x{ext}")
@@ -78,7 +114,7 @@ def test_jpeg_round_trip_is_close_and_drops_alpha(tmp_path: Path, ext: str, chan
 
 
 @pytest.mark.parametrize("ext", [".jpg", ".bmp"])
-def test_16_bit_to_8_bit_formats(tmp_path: Path, ext: str) -> None:
+def test_16_bit_to_8_bit_formats(codec: str, tmp_path: Path, ext: str) -> None:
     pixels = np.full((8, 8, 3), 257 * 200, np.uint16)
     write_image(tmp_path / f"x{ext}", pixels)
     image = read_image(tmp_path / f"x{ext}")
@@ -86,7 +122,7 @@ def test_16_bit_to_8_bit_formats(tmp_path: Path, ext: str) -> None:
     assert abs(int(image.pixels.mean()) - 200) <= 1
 
 
-def test_rgb_channel_order(tmp_path: Path) -> None:
+def test_rgb_channel_order(codec: str, tmp_path: Path) -> None:
     red = np.zeros((4, 4, 3), np.uint8)
     red[..., 0] = 255
     PILImage.fromarray(red).save(tmp_path / "red.png")
@@ -95,7 +131,7 @@ def test_rgb_channel_order(tmp_path: Path) -> None:
     assert np.asarray(PILImage.open(tmp_path / "out.png"))[0, 0].tolist() == [255, 0, 0]
 
 
-def test_rgba_from_pillow(tmp_path: Path) -> None:
+def test_rgba_from_pillow(codec: str, tmp_path: Path) -> None:
     rgba = _random((5, 6, 4), np.uint8)
     PILImage.fromarray(rgba).save(tmp_path / "a.png")
     image = read_image(tmp_path / "a.png")
@@ -104,9 +140,12 @@ def test_rgba_from_pillow(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_gray_alpha_png(tmp_path: Path, dtype: type) -> None:
+def test_gray_alpha_png(codec: str, tmp_path: Path, dtype: type) -> None:
     la = _random((5, 6, 2), dtype)
     (tmp_path / "la.png").write_bytes(_png_bytes(la, colour_type=4))
+    if codec == "pillow" and dtype == np.uint16:
+        _one_line_error(tmp_path / "la.png", re.escape(NEEDS_OPENCV))
+        return
     image = read_image(tmp_path / "la.png")
     assert image.pixels.shape == (5, 6, 1) and image.pixels.dtype == dtype
     np.testing.assert_array_equal(image.pixels[..., 0], la[..., 0])
@@ -164,13 +203,81 @@ def test_16_bit_planar_rgb_tiff(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_image(tmp_path / "p.tif").pixels, rgb)
 
 
-def test_palette_and_bilevel_decode(tmp_path: Path) -> None:
+def test_palette_and_bilevel_decode(codec: str, tmp_path: Path) -> None:
     rgb = _random((6, 7, 3), np.uint8)
     PILImage.fromarray(rgb).convert("P").save(tmp_path / "p.png")
     PILImage.fromarray(rgb[..., 0] > 127).save(tmp_path / "b.tif")
     assert read_image(tmp_path / "p.png").pixels.shape == (6, 7, 3)
+    if codec == "pillow":  # a 1-bit TIFF is one of those tifffile leaves to OpenCV
+        _one_line_error(tmp_path / "b.tif", re.escape("a TIFF that tifffile does not read exactly, " + NEEDS_OPENCV))
+        return
     bilevel = read_image(tmp_path / "b.tif")
     assert bilevel.pixels.shape == (6, 7, 1) and set(np.unique(bilevel.pixels)) <= {0, 255}
+
+
+def _pil_bytes(image: PILImage.Image, image_format: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def _decode_cases() -> dict[str, bytes]:
+    """PNG, JPEG and BMP files of every layout either decoder might read its own way."""
+    rgb, rgba = _random((9, 11, 3), np.uint8), _random((9, 11, 4), np.uint8)
+    gray, palette = PILImage.fromarray(rgb[..., 0]), PILImage.fromarray(rgb).convert("P")
+    key = tuple(int(v) for v in rgb[0, 0])  # a colour that occurs, so the colour key makes alpha 0 somewhere
+    cases = {
+        "png gray": _pil_bytes(gray, "PNG"),
+        "png gray 16-bit": _png_bytes(_random((9, 11), np.uint16), colour_type=0),
+        "png gray+alpha": _png_bytes(rgba[..., :2], colour_type=4),
+        "png rgb": _pil_bytes(PILImage.fromarray(rgb), "PNG"),
+        "png rgba": _pil_bytes(PILImage.fromarray(rgba), "PNG"),
+        "png palette": _pil_bytes(palette, "PNG"),
+        "png palette+tRNS": _pil_bytes(palette, "PNG", transparency=3),
+        "png rgb colour key": _pil_bytes(PILImage.fromarray(rgb), "PNG", transparency=key),
+        "png gray colour key": _pil_bytes(gray, "PNG", transparency=key[0]),
+        "png 1-bit": _pil_bytes(PILImage.fromarray(rgb[..., 0] > 127), "PNG"),
+        "png rgb 16-bit": _png_bytes(_random((9, 11, 3), np.uint16), colour_type=2),
+        "jpeg gray": _pil_bytes(gray, "JPEG"),
+        "jpeg rgb 4:4:4": _pil_bytes(PILImage.fromarray(rgb), "JPEG", subsampling=0),
+        "jpeg cmyk": _pil_bytes(PILImage.fromarray(rgb).convert("CMYK"), "JPEG"),
+        "bmp gray (Pillow)": _pil_bytes(gray, "BMP"),
+        "bmp gray (OpenCV)": cv2.imencode(".bmp", rgb[..., 0])[1].tobytes(),
+        "bmp rgb": _pil_bytes(PILImage.fromarray(rgb), "BMP"),
+        "bmp palette": _pil_bytes(palette, "BMP"),
+        "bmp 1-bit": _pil_bytes(PILImage.fromarray(rgb[..., 0] > 127), "BMP"),
+        "bmp 32-bit without alpha mask": _pil_bytes(PILImage.fromarray(rgba), "BMP"),
+        "bmp 32-bit with alpha mask": cv2.imencode(".bmp", rgba)[1].tobytes(),
+    }
+    for bits in (2, 4):
+        levels = (rgb[..., 0] >> (8 - bits)) * (255 // (2**bits - 1))
+        cases[f"png gray {bits}-bit"] = _pil_bytes(PILImage.fromarray(levels.astype(np.uint8)), "PNG", bits=bits)
+    return cases
+
+
+DECODE_CASES = _decode_cases()
+
+
+@pytest.mark.parametrize("case", list(DECODE_CASES))
+def test_pillow_decodes_as_opencv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """Without OpenCV a file decodes to the same pixels and alpha, or is refused in one line.
+    (JPEGs with subsampled chroma are left out: IJG libjpeg 9, which an OpenCV may be built
+    with, upsamples chroma differently from libjpeg-turbo; gray and 4:4:4 decode alike in both.)"""
+    path = tmp_path / "case.img"
+    path.write_bytes(DECODE_CASES[case])
+    use_codec(monkeypatch, "opencv")
+    expected = read_image(path)
+    use_codec(monkeypatch, "pillow")
+    if case in ("png rgb 16-bit", "jpeg cmyk"):
+        _one_line_error(path, re.escape(NEEDS_OPENCV))
+        return
+    image = read_image(path)
+    assert image.bit_depth == expected.bit_depth
+    assert image.pixels.dtype == expected.pixels.dtype and image.pixels.shape == expected.pixels.shape
+    np.testing.assert_array_equal(image.pixels, expected.pixels)
+    assert (image.alpha is None) == (expected.alpha is None)
+    if expected.alpha is not None:
+        np.testing.assert_array_equal(image.alpha, expected.alpha)
 
 
 def test_float_conversion() -> None:
@@ -185,7 +292,7 @@ def test_float_conversion() -> None:
     assert to_float(image16).item() == 1.0
 
 
-def test_missing_and_empty(tmp_path: Path) -> None:
+def test_missing_and_empty(codec: str, tmp_path: Path) -> None:
     _one_line_error(tmp_path / "nope.png", "does not exist")
     (tmp_path / "empty.png").write_bytes(b"")
     _one_line_error(tmp_path / "empty.png", "empty")
@@ -204,13 +311,13 @@ def _encoded(ext: str) -> bytes:
 
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".tif", ".bmp"])
 @pytest.mark.parametrize("keep", [0.5, 0.97])
-def test_truncated_files_raise(tmp_path: Path, ext: str, keep: float) -> None:
+def test_truncated_files_raise(codec: str, tmp_path: Path, ext: str, keep: float) -> None:
     data = _encoded(ext)
     (tmp_path / f"cut{ext}").write_bytes(data[: int(len(data) * keep)])
     _one_line_error(tmp_path / f"cut{ext}", "truncated or corrupt")
 
 
-def test_jpeg_missing_only_end_marker_raises(tmp_path: Path) -> None:
+def test_jpeg_missing_only_end_marker_raises(codec: str, tmp_path: Path) -> None:
     (tmp_path / "cut.jpg").write_bytes(_encoded(".jpg")[:-2])
     _one_line_error(tmp_path / "cut.jpg", "truncated or corrupt")
 
@@ -240,7 +347,7 @@ def test_unsupported_modes(tmp_path: Path, array: np.ndarray, kwargs: dict[str, 
     assert mode in message and "need 8- or 16-bit gray, RGB or RGBA" in message
 
 
-def test_write_errors_leave_nothing(tmp_path: Path) -> None:
+def test_write_errors_leave_nothing(codec: str, tmp_path: Path) -> None:
     pixels = np.zeros((4, 4, 3), np.uint8)
     with pytest.raises(EdgeRestoreError, match="unknown extension '.gif'"):
         write_image(tmp_path / "x.gif", pixels)
@@ -265,7 +372,7 @@ def test_unwritable_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_write_removes_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_removes_temp_file(codec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(src: object, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
@@ -275,7 +382,7 @@ def test_failed_write_removes_temp_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert list(tmp_path.iterdir()) == []
 
 
-def test_write_replaces_existing_file(tmp_path: Path) -> None:
+def test_write_replaces_existing_file(codec: str, tmp_path: Path) -> None:
     write_image(tmp_path / "x.png", np.zeros((4, 4, 3), np.uint8))
     write_image(tmp_path / "x.png", np.full((4, 4, 3), 9, np.uint8))
     assert read_image(tmp_path / "x.png").pixels.max() == 9

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import EdgeRestoreError
+from ..optional import PACKAGES, missing
 
 
 class StageRunner(Protocol):
@@ -25,6 +26,7 @@ class StageRunner(Protocol):
 
 
 # name -> (module, the Python package it needs); order = preference of "auto" on a CPU.
+# Each is an extra of its own (pyproject.toml); optional.PACKAGES says how to install it.
 _BACKENDS: dict[str, tuple[str, str]] = {
     "openvino": ("openvino_backend", "openvino"),
     "onnxruntime": ("onnxruntime_backend", "onnxruntime"),
@@ -49,13 +51,17 @@ def resolve(name: str) -> str:
     if name == "auto":
         found = available()
         if not found:
-            raise EdgeRestoreError("no backend installed: pip install openvino or onnxruntime")
+            raise EdgeRestoreError("no CPU backend installed: pip install 'edgerestore[onnxruntime]' or "
+                                   "'edgerestore[openvino]' (or run engines built for this device: --backend tensorrt)")
         return found[0]
     known = {**_BACKENDS, **_DEVICE_BACKENDS}
     if name not in known:
         raise EdgeRestoreError(f"unknown backend '{name}'; choose from {', '.join(NAMES)}")
-    if importlib.util.find_spec(known[name][1]) is None:
-        raise EdgeRestoreError(f"backend '{name}' needs the Python package '{known[name][1]}', which is not installed")
+    package = known[name][1]
+    if importlib.util.find_spec(package) is None:
+        if package in PACKAGES:
+            raise EdgeRestoreError(missing(package, f"backend '{name}'"))
+        raise EdgeRestoreError(f"backend '{name}' needs the Python package '{package}', which is not installed")
     return name
 
 
