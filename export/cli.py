@@ -7,8 +7,6 @@ from pathlib import Path
 
 import click
 
-from .bundle_writer import export_bundle, require_weights
-
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")  # edgerestore.calibration.scales.METHODS
 
 
@@ -68,6 +66,8 @@ def export_command(model: str, weights: Path | None, output: Path, int8: bool, c
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from edgerestore.runtime.errors import EdgeRestoreError
+
+    from .bundle_writer import export_bundle, require_weights  # PyTorch: not for --help
 
     int8_options = None
     if int8:

@@ -55,6 +55,12 @@ class LazyGroup(click.Group):
         except EdgeRestoreError as err:
             click.echo(f"error: {err}", err=True)
             ctx.exit(1)
+        except ModuleNotFoundError as exc:  # a command that imports an extra only when it runs (export's torch)
+            error = missing_for_command(exc, ctx.invoked_subcommand or "")
+            if error is None:
+                raise
+            click.echo(f"error: {error}", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)

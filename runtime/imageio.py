@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -178,16 +179,33 @@ def _read_bytes(path: Path) -> bytes:
 
 @contextmanager
 def opencv_silenced() -> Iterator[None]:
-    """Keep OpenCV's multi-line decoder warnings off stderr; our error says it in one line."""
+    """Keep OpenCV's multi-line decoder warnings off stderr; our error says it in one line.
+
+    OpenCV's log level is one per process, and a stream decodes on its reader thread while
+    other threads open and write videos: silenced blocks overlap without nesting, so the
+    level is saved by the first block to enter and restored by the last to leave (a count
+    under a lock), never by whichever block happens to end first."""
+    global _silenced, _saved_level
     if cv2 is None:
         yield
         return
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    with _silence_lock:
+        if _silenced == 0:
+            _saved_level = cv2.utils.logging.getLogLevel()
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        _silenced += 1
     try:
         yield
     finally:
-        cv2.utils.logging.setLogLevel(level)
+        with _silence_lock:
+            _silenced -= 1
+            if _silenced == 0:
+                cv2.utils.logging.setLogLevel(_saved_level)
+
+
+_silence_lock = threading.Lock()
+_silenced = 0  # blocks inside opencv_silenced, on every thread
+_saved_level = 0
 
 
 def _needs_opencv(what: str, alternative: str | None = None) -> EdgeRestoreError:

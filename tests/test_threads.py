@@ -108,3 +108,40 @@ def test_atomic_writes_never_set_the_umask(tmp_path, monkeypatch):
     if sys.platform.startswith("linux"):
         assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
         assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750
+
+
+def test_opencv_stays_silent_until_the_last_overlapping_block_ends():
+    """Two threads' silenced blocks that overlap without nesting: the first to end must not
+    restore the level while the other still decodes, nor the last leave OpenCV silent."""
+    cv2 = pytest.importorskip("cv2", reason="OpenCV not installed")
+    from edgerestore.runtime.imageio import opencv_silenced
+
+    logging = cv2.utils.logging
+    previous = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_WARNING)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with opencv_silenced():
+            first_in.set()
+            assert second_in.wait(10)
+        first_out.set()
+
+    def second():
+        assert first_in.wait(10)
+        with opencv_silenced():
+            second_in.set()
+            assert first_out.wait(10)
+            seen["inside after the first ended"] = logging.getLogLevel()
+
+    try:
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert seen == {"inside after the first ended": logging.LOG_LEVEL_SILENT}
+        assert logging.getLogLevel() == logging.LOG_LEVEL_WARNING
+    finally:
+        logging.setLogLevel(previous)

@@ -6,7 +6,7 @@ graphs; ``build --precision fp16`` casts them here, in memory, just before parsi
 bundle and its manifest stay as exported; the engine's json records ``"cast": "fp16"``).
 
 The cast is ONNX Runtime's float16 converter (``onnxruntime.transformers.float16``, shipped
-in the onnxruntime wheel this project already requires): weights and activations become
+in the onnxruntime wheel: the ``onnxruntime`` extra): weights and activations become
 float16, with Casts at the graph's edges so inputs and outputs stay float32 -- what the
 runtime feeds and reads for every precision. Its default block list is for ONNX Runtime's
 kernels; TensorRT runs those ops in FP16, so the list here is ours: normalizations with
@@ -28,7 +28,12 @@ KEEP_FP32 = ("InstanceNormalization", "LayerNormalization", "GroupNormalization"
 
 
 def cast_to_fp16(model: onnx.ModelProto, stage: str) -> onnx.ModelProto:
-    from onnxruntime.transformers.float16 import convert_float_to_float16  # lazy: only TensorRT >= 11 builds need it
+    from ..optional import require
+
+    # lazy: only TensorRT >= 11 builds need it (a TensorRT 11 machine is no Jetson: the extra installs there)
+    float16 = require("onnxruntime.transformers.float16", f"an FP16 engine of stage '{stage}' on TensorRT >= 11",
+                      "build --precision fp32 or int8")
+    convert_float_to_float16 = float16.convert_float_to_float16
 
     try:
         cast = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(KEEP_FP32))
