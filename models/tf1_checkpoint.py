@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgerestore.runtime import protowire
 from edgerestore.runtime.errors import EdgeRestoreError
 
 MAGIC = 0xDB4775248B80FB57
@@ -97,40 +98,11 @@ def mask_crc(crc: int) -> int:
 
 
 # ---------------------------------------------------------------------------- protobuf wire format
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ValueError("truncated or overlong varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
 def _fields(buf: bytes) -> dict[int, list]:
     """Decode one protobuf message into ``{field_number: [values...]}`` (ints or bytes)."""
     out: dict[int, list] = {}
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        num, wire = key >> 3, key & 7
-        if wire == 0:
-            val, pos = _varint(buf, pos)
-        elif wire == 1:
-            val, pos = struct.unpack_from("<Q", buf, pos)[0], pos + 8
-        elif wire == 2:
-            n, pos = _varint(buf, pos)
-            val, pos = bytes(buf[pos:pos + n]), pos + n
-            if pos > len(buf):
-                raise ValueError("truncated length-delimited field")
-        elif wire == 5:
-            val, pos = struct.unpack_from("<I", buf, pos)[0], pos + 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        out.setdefault(num, []).append(val)
+    for number, wire, value, nxt in protowire.fields(buf):
+        out.setdefault(number, []).append(bytes(buf[value:nxt]) if wire == protowire.LENGTH_DELIMITED else value)
     return out
 
 
@@ -183,9 +155,9 @@ def _block_entries(block: bytes):
         raise ValueError("bad restart count")
     pos, key = 0, b""
     while pos < end:
-        shared, pos = _varint(block, pos)
-        non_shared, pos = _varint(block, pos)
-        vlen, pos = _varint(block, pos)
+        shared, pos = protowire.varint(block, pos)
+        non_shared, pos = protowire.varint(block, pos)
+        vlen, pos = protowire.varint(block, pos)
         if shared > len(key) or pos + non_shared + vlen > end:
             raise ValueError("bad block entry")
         key = key[:shared] + block[pos:pos + non_shared]
@@ -200,14 +172,14 @@ def _read_sstable(path: Path) -> dict[bytes, bytes]:
         raise EdgeRestoreError(f"{path}: not a TensorFlow checkpoint index (bad SSTable magic)")
     try:
         footer = data[-48:]
-        _, pos = _varint(footer, 0)  # metaindex offset
-        _, pos = _varint(footer, pos)  # metaindex size (empty for TF bundles)
-        idx_off, pos = _varint(footer, pos)
-        idx_size, pos = _varint(footer, pos)
+        _, pos = protowire.varint(footer, 0)  # metaindex offset
+        _, pos = protowire.varint(footer, pos)  # metaindex size (empty for TF bundles)
+        idx_off, pos = protowire.varint(footer, pos)
+        idx_size, pos = protowire.varint(footer, pos)
         table: dict[bytes, bytes] = {}
         for _, handle in _block_entries(_read_block(data, idx_off, idx_size, path)):
-            off, p = _varint(handle, 0)
-            size, _ = _varint(handle, p)
+            off, p = protowire.varint(handle, 0)
+            size, _ = protowire.varint(handle, p)
             table.update(_block_entries(_read_block(data, off, size, path)))
     except ValueError as exc:
         raise EdgeRestoreError(f"{path}: corrupt index: {exc}") from None
@@ -405,7 +377,7 @@ def _repeated(values: list, kind: str) -> list:
         else:
             pos = 0
             while pos < len(value):
-                n, pos = _varint(value, pos)
+                n, pos = protowire.varint(value, pos)
                 out.append(_signed(n))
     return out
 

@@ -23,10 +23,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
+from . import protowire
+
 _MODEL_GRAPH = 7
 _GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT, _GRAPH_SPARSE_INITIALIZER = 5, 11, 12, 15
 _VALUE_INFO_NAME, _TENSOR_NAME, _SPARSE_VALUES = 1, 8, 1
-_LENGTH_DELIMITED = 2
 
 
 class NotOnnx(ValueError):
@@ -87,40 +88,9 @@ def _name(buf: mmap.mmap, start: int, end: int, number: int) -> str:
 def _fields(buf: mmap.mmap, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
     """(field number, start, end) of each length-delimited field of the message in
     ``buf[pos:end]``; fields of the other wire types are skipped."""
-    while pos < end:
-        key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise NotOnnx("field number 0")
-        if wire == 0:
-            _, pos = _varint(buf, pos, end)
-            continue
-        if wire == 1:
-            nxt = pos + 8
-        elif wire == 5:
-            nxt = pos + 4
-        elif wire == _LENGTH_DELIMITED:
-            length, pos = _varint(buf, pos, end)
-            nxt = pos + length
-        else:  # groups (3, 4) are not in ONNX; 6 and 7 do not exist
-            raise NotOnnx(f"wire type {wire}")
-        if nxt > end:
-            raise NotOnnx("truncated")
-        if wire == _LENGTH_DELIMITED:
-            yield number, pos, nxt
-        pos = nxt
-
-
-def _varint(buf: mmap.mmap, pos: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= end:
-            raise NotOnnx("truncated")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-        if shift >= 64:
-            raise NotOnnx("a varint longer than 10 bytes")
+    try:
+        for number, wire, start, nxt in protowire.fields(buf, pos, end):
+            if wire == protowire.LENGTH_DELIMITED:
+                yield number, start, nxt
+    except ValueError as err:
+        raise NotOnnx(str(err)) from None
