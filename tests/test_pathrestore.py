@@ -214,6 +214,17 @@ def test_training_runs_and_resumes(tmp_path):
     assert steps == [(3, 2), (4, 2)], "the second run resumes at step 3, in stage II"
     model = create_model("pathrestore", weights=out)
     assert model.parameter_counts()["pathfinder"] == 29_534
+    # The state is read with weights_only=True: a swapped one with code in it is refused, unrun.
+    from test_training_state import Payload
+
+    state_file = out.with_name(out.name + ".state")
+    state = torch.load(state_file, weights_only=True)
+    marker = tmp_path / "ran"
+    torch.save({**state, "data_rng": Payload(marker)}, state_file)
+    config.stage2_steps = 3
+    with pytest.raises(EdgeRestoreError, match="cannot resume"):
+        train(config)
+    assert not marker.exists()
 
 
 def test_train_command_writes_a_checkpoint_and_logs_without_a_terminal(tmp_path, run_cli):

@@ -40,27 +40,3 @@ def test_a_state_file_with_code_in_it_is_refused_without_running_it(tmp_path):
     with pytest.raises(EdgeRestoreError, match="cannot resume from .*delete it to start over"):
         load_state(path)
     assert not marker.exists()
-
-
-def test_pathrestore_training_resumes_from_a_safe_state_and_refuses_a_swapped_one(tmp_path):
-    import cv2
-
-    from edgerestore.models.train.pathrestore import TrainConfig, train
-
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        cv2.imwrite(str(data / f"{i}.png"), (rng.random((70, 70, 3)) * 255).astype(np.uint8))
-    out = tmp_path / "pr.pth"
-    config = TrainConfig(data=str(data), output=str(out), stage1_steps=2, stage2_steps=0, batch=2, save_every=1)
-    train(config)
-    state_file = out.with_name(out.name + ".state")
-    state = torch.load(state_file, weights_only=True)
-    assert state["step"] == 2
-    marker = tmp_path / "ran"
-    torch.save({**state, "data_rng": Payload(marker)}, state_file)
-    config.stage2_steps = 1
-    with pytest.raises(EdgeRestoreError, match="cannot resume"):
-        train(config)
-    assert not marker.exists()
