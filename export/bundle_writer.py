@@ -18,6 +18,7 @@ from edgerestore.runtime.atomic import atomic_directory
 from edgerestore.runtime.errors import EdgeRestoreError
 from edgerestore.runtime.schema import FORMAT, FORMAT_VERSION, MANIFEST, Manifest, file_sha256, write_manifest
 
+from .activations import activation_bytes_per_pixel
 from .parity import Parity, check_stage
 from .to_onnx import OPSET, export_stage
 
@@ -79,7 +80,8 @@ def write_bundle(model: RestorationModel, name: str, output: Path,
             if not parity.max_abs_error <= PARITY_TOLERANCE:
                 raise EdgeRestoreError(f"export of stage '{stage.name}' does not reproduce PyTorch: max abs error "
                                        f"{parity.max_abs_error:.2e} > {PARITY_TOLERANCE:g}; no bundle written")
-            stages[stage.name] = stage_entry(stage, file, file_sha256(tmp / file))
+            stages[stage.name] = stage_entry(stage, file, file_sha256(tmp / file),
+                                             activation_bytes_per_pixel(onnx.load(str(tmp / file))))
         manifest = build_manifest(model, name, stages, split.plan, split.initial, report.parity, split.output,
                                   origin=f"bundle '{output}'")
         write_manifest(tmp, manifest, origin=f"bundle '{output}'")
@@ -91,8 +93,9 @@ def write_bundle(model: RestorationModel, name: str, output: Path,
     return report
 
 
-def stage_entry(stage: StageGraph, file: str, sha256: str) -> dict[str, Any]:
-    """The manifest entry of an exported FP32 stage."""
+def stage_entry(stage: StageGraph, file: str, sha256: str, activations: float) -> dict[str, Any]:
+    """The manifest entry of an exported FP32 stage (``activations``: its peak activation
+    bytes per pixel, export/activations.py)."""
     return {
         "files": {"fp32": file},
         "sha256": {"fp32": sha256},
@@ -100,6 +103,7 @@ def stage_entry(stage: StageGraph, file: str, sha256: str) -> dict[str, Any]:
         "outputs": [s.to_json() for s in stage.outputs],
         "macs_per_pixel": stage.macs_per_pixel,
         "macs_per_call": stage.macs_per_call,
+        "activation_bytes_per_pixel": activations,
     }
 
 

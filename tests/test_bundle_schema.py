@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.errors import EdgeRestoreError
-from edgerestore.runtime.executor import Executor
+from edgerestore.runtime.session import Session
 from edgerestore.runtime.onnx_names import NotOnnx, graph_names
 from edgerestore.runtime.schema import (FORMAT_VERSION, MANIFEST, Manifest, ManifestError, file_sha256, load_manifest,
                                         write_manifest)
@@ -80,10 +80,11 @@ def synthetic_manifest() -> dict[str, Any]:
         "precisions": ["fp32"],
         "stages": {
             "router": {"files": {"fp32": "router.onnx"}, "sha256": {}, "inputs": [image],
-                       "outputs": [_tensor("logits", [2], "logits")], "macs_per_pixel": 0.0, "macs_per_call": 2},
+                       "outputs": [_tensor("logits", [2], "logits")], "macs_per_pixel": 0.0, "macs_per_call": 2,
+                       "activation_bytes_per_pixel": 64.0},
             "smooth": {"files": {"fp32": "smooth.onnx"}, "sha256": {}, "inputs": [image],
                        "outputs": [_tensor("image_out", [1, None, None], "image")], "macs_per_pixel": 1.0,
-                       "macs_per_call": 0.0},
+                       "macs_per_call": 0.0, "activation_bytes_per_pixel": 16.0},
         },
         "plan": [
             _run("router", {"image": "image"}, {"logits": "logits"}),
@@ -493,22 +494,21 @@ def test_branch_rows_create_their_own_variable(tmp_path):
     data["plan"] = data["plan"][:2]
     data["plan"][1]["branches"][1]["steps"] = [_run("smooth", {"image": "image"}, {"image_out": "tmp"}),
                                                _run("smooth", {"image": "tmp"}, {"image_out": "image"})]
-    executor = Executor(Bundle(make_bundle(tmp_path / "b", data)), "onnxruntime")
-    env = executor.run({"image": _items(0.2, 0.8, 0.3)})
-    np.testing.assert_allclose(env["image"][:, 0, 0, 0], [0.2, 0.8 * 0.81, 0.3], rtol=1e-6)
-    assert executor.trace.decisions["route"].tolist() == [0, 1, 0]
+    route = Session(make_bundle(tmp_path / "b", data), "onnxruntime").run_rows({"image": _items(0.2, 0.8, 0.3)})
+    np.testing.assert_allclose(route.image[:, 0, 0, 0], [0.2, 0.8 * 0.81, 0.3], rtol=1e-6)
+    assert route.decisions["route"].tolist() == [0, 1, 0]
 
 
 def test_a_subset_of_rows_may_not_reshape_a_variable(tmp_path):
     data = synthetic_manifest()
     data["plan"] = data["plan"][:2]
     data["plan"][1]["branches"][1]["steps"] = [{"op": "resize", "in": "image", "out": "image", "scale": 0.5}]
-    executor = Executor(Bundle(make_bundle(tmp_path / "b", data)), "onnxruntime")
+    session = Session(make_bundle(tmp_path / "b", data), "onnxruntime")
     with pytest.raises(EdgeRestoreError, match=r"the resize of 'image' writes 'image' with shape \(1, 4, 4\) for "
-                                               r"some rows, but 'image' has shape \(1, 8, 8\) for the others"):
-        executor.run({"image": _items(0.2, 0.8)})
-    env = executor.run({"image": _items(0.8, 0.9)})  # every row resizes: fine
-    assert env["image"].shape == (2, 1, 4, 4)
+                                               r"1 of 2 rows, but 'image' has shape \(1, 8, 8\)"):
+        session.run_rows({"image": _items(0.2, 0.8)})
+    route = session.run_rows({"image": _items(0.8, 0.9)})  # every row resizes: fine
+    assert route.image.shape == (2, 1, 4, 4)
 
 
 # -- round trips ------------------------------------------------------------------------------------
@@ -531,7 +531,7 @@ def model_manifests() -> dict[str, dict[str, Any]]:
     for entry in list_models():
         model = create_model(entry.name)
         split = model.stage_plan()
-        stages = {s.name: stage_entry(s, f"{s.name}.onnx", "0" * 64) for s in split.stages}
+        stages = {s.name: stage_entry(s, f"{s.name}.onnx", "0" * 64, 256.0) for s in split.stages}
         manifest = build_manifest(model, entry.name, stages, split.plan, split.initial, [], split.output)
         manifests[entry.name] = json.loads(json.dumps(manifest.to_json()))
     return manifests

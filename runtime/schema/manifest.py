@@ -71,6 +71,9 @@ class StageSpec:
     outputs: list[TensorInfo]
     macs_per_pixel: float
     macs_per_call: float
+    # Peak bytes of live intermediate tensors per pixel of the first input (batch 1): what
+    # the runtime's memory budget divides into batch sizes (export/activations.py).
+    activation_bytes_per_pixel: float
     calibration_cache: str | None = None  # TensorRT INT8 cache, path inside the bundle
 
 
@@ -232,7 +235,7 @@ def _stage(value: Any, path: str) -> StageSpec:
                      o("inputs", listing(record(_tensor), nonempty=True)),
                      o("outputs", listing(record(_tensor), nonempty=True)),
                      o("macs_per_pixel", number(0)), o("macs_per_call", number(0)),
-                     o("calibration_cache", text, required=False))
+                     o("activation_bytes_per_pixel", number(0)), o("calibration_cache", text, required=False))
     o.close()
     for precision in spec.files:
         if precision not in PRECISIONS:
