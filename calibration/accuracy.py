@@ -4,14 +4,13 @@ and restore time, all through the runtime (tiles, routing, merge) as users run i
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgerestore.runtime import imageio, metrics
 from edgerestore.runtime.bundle import Bundle
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 
 from .sources import Sample
 
@@ -41,19 +40,18 @@ def score(bundle: Bundle, samples: list[Sample], precision: str, backend: str = 
     """Restore every held-out crop with ``precision`` stages. Per-branch PSNR groups tiles by
     the decisions of ``branches_of`` (the FP32 run), so FP32 and INT8 rows cover the same
     pixels even where the INT8 router decides differently."""
-    restorer = Restorer(bundle, backend=backend, precision=precision)
+    session = Session(bundle, backend=backend, precision=precision)
     psnrs, ssims, seconds = [], [], 0.0
     decisions: dict[str, list[np.ndarray]] = {}
     errors: dict[str, list[float]] = {}  # key -> [squared error sum, pixel count]
     offset = 0
     for sample in samples:
-        start = time.perf_counter()
-        restored = imageio.from_float(restorer.restore(sample.degraded), 8)
-        seconds += time.perf_counter() - start
+        route = session.run(sample.degraded.astype(np.float32))
+        restored = imageio.from_float(route.image, 8)
+        seconds += route.seconds
         truth = imageio.from_float(sample.clean, 8)
         psnrs.append(metrics.psnr(restored, truth))
         ssims.append(metrics.ssim(restored, truth))
-        route = restorer.route
         for name, choice in route.decisions.items():
             decisions.setdefault(name, []).append(choice)
         if route.decisions and route.grid is not None:
@@ -65,7 +63,8 @@ def score(bundle: Bundle, samples: list[Sample], precision: str, backend: str = 
             offset += n
     per_branch = {key: (math.inf if sq == 0 else 10 * math.log10(255.0 ** 2 / (sq / count)))
                   for key, (sq, count) in sorted(errors.items()) if count}
-    return Score(precision, restorer.backend, float(np.mean(psnrs)), float(np.mean(ssims)), seconds,
+    session.close()
+    return Score(precision, session.backend, float(np.mean(psnrs)), float(np.mean(ssims)), seconds,
                  len(samples), per_branch, {k: np.concatenate(v) for k, v in decisions.items()}, psnrs)
 
 

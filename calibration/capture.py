@@ -21,7 +21,7 @@ import numpy as np
 from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.errors import EdgeRestoreError
 from edgerestore.runtime.executor import RoutePolicy, switches
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 
 from .scales import StageRanges
 from .sources import Sample
@@ -57,10 +57,10 @@ def capture(bundle: Bundle, samples: Iterable[Sample], method: str, workdir: Pat
             progress: Progress = lambda *_: None, total: int = 0, ranges: bool = True) -> Capture:
     """Run the FP32 bundle over ``samples`` and collect every stage's activation statistics
     (without ``ranges``: only the feeds)."""
-    restorer = Restorer(bundle, backend="onnxruntime", precision="fp32", min_confidence=0.5 if route_aware else 1.0)
+    session = Session(bundle, backend="onnxruntime", precision="fp32", min_confidence=0.5 if route_aware else 1.0)
     if not route_aware:
         widest = max((len(s["branches"]) for s in switches(bundle.plan).values()), default=1)
-        restorer.executor.policy = RoutePolicy(1.0, blend=widest)
+        session.context.policy = RoutePolicy(1.0, blend=widest)
     label = "route-aware" if route_aware else "route-agnostic"
     result = Capture(route_aware, {})
     current = {"name": ""}
@@ -80,21 +80,21 @@ def capture(bundle: Bundle, samples: Iterable[Sample], method: str, workdir: Pat
         if room > 0:
             kept.append({name: np.array(value[:room]) for name, value in feeds.items()})
 
-    restorer.executor.stage_hooks.append(hook)
+    session.stage_hooks.append(hook)
     for index, sample in enumerate(samples):
         current["name"] = sample.name
         if not np.isfinite(sample.degraded).all():
             raise EdgeRestoreError(f"calibration image '{sample.name}' has NaN/Inf values")
         progress(f"calibrating ({label}, {method}) {sample.name}" if ranges else
                  f"channel statistics ({label}) {sample.name}", index, total)
-        restorer.restore(sample.degraded)
-        route = restorer.route
+        route = session.run(sample.degraded.astype(np.float32), clip=False)
         result.images += 1
         result.tiles += len(route.macs)
         for name, choice in route.decisions.items():
             counts = result.routing.setdefault(name, [0] * len(switches(bundle.plan)[name]["branches"]))
             for branch, n in enumerate(np.bincount(choice[choice >= 0], minlength=len(counts))):
                 counts[branch] += int(n)
+    session.close()
     if not result.images:
         raise EdgeRestoreError("no calibration images")
     return result

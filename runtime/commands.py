@@ -9,9 +9,10 @@ import click
 import numpy as np
 
 from . import backends, imageio
+from .budget import DEFAULT_BUDGET_MB, MIN_BUDGET_MB
 from .errors import EdgeRestoreError
 from .optional import require
-from .restore import ROUTE_POLICIES, Restorer
+from .session import ROUTE_POLICIES, Session
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -37,8 +38,12 @@ def runtime_options(command=None, *, several_backends: bool = False):
                      "derived from the receptive field)."),
         click.option("--overlap", type=click.IntRange(0), default=None, help="Tile overlap in pixels."),
         click.option("--whole", is_flag=True, help="Run each image whole instead of tiled."),
-        click.option("--batch", "batch_size", type=click.IntRange(1), default=16, show_default=True,
-                     help="Tiles per backend call."),
+        click.option("--memory-budget", type=click.FloatRange(MIN_BUDGET_MB), default=DEFAULT_BUDGET_MB,
+                     show_default=True, metavar="MB",
+                     help="Memory for frames beyond the loaded model: tiles in flight, plan variables, backend "
+                          "batches (their sizes follow from it). 1024 fits beside the GPU on an 8 GB Jetson."),
+        click.option("--threads", type=click.IntRange(1), default=None,
+                     help="Threads of the backend (default: one per core)."),
         click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
                      help="Routed models: take a cheap branch (bypass) only where the router gives it at least "
                           "this probability. 0.5 = argmax (the paper); 1.0 = full network everywhere."),
@@ -53,13 +58,14 @@ def runtime_options(command=None, *, several_backends: bool = False):
     return command
 
 
-def make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence,
-                  route_policy="tile") -> Restorer:
+def make_session(bundle, backend, precision, tile, overlap, whole, memory_budget, threads, min_confidence,
+                 route_policy="tile") -> Session:
     if whole and (tile is not None or overlap is not None):
         raise EdgeRestoreError("--whole cannot be combined with --tile/--overlap")
     # No --whole: the bundle decides (whole images for models that declare it, else tiles).
-    return Restorer(bundle, backend=backend, precision=precision, tile=tile, overlap=overlap, whole=whole or None,
-                    batch_size=batch_size, min_confidence=min_confidence, route_policy=route_policy)
+    return Session(bundle, backend=backend, precision=precision, memory_budget=memory_budget, threads=threads,
+                   tile=tile, overlap=overlap, whole=whole or None, min_confidence=min_confidence,
+                   route_policy=route_policy)
 
 
 def output_paths(inputs: list[Path], output: Path) -> list[Path]:
@@ -94,8 +100,8 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
 @click.option("--frames", "max_frames", type=click.IntRange(1), default=None,
               help="Streams: stop after this many source frames (a camera runs until Ctrl-C otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def restore_command(bundle, inputs, output, backend, precision, tile, overlap, whole, batch_size, min_confidence,
-                    route_policy, route_map, realtime, queue_size, max_frames, as_json):
+def restore_command(bundle, inputs, output, backend, precision, tile, overlap, whole, memory_budget, threads,
+                    min_confidence, route_policy, route_map, realtime, queue_size, max_frames, as_json):
     """Restore images or a stream with BUNDLE.
 
     INPUTS are image files or directories of images; or one video file, camera index
@@ -116,8 +122,8 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
     if is_stream(list(inputs), output, realtime):
         if route_map is not None:
             raise EdgeRestoreError("--route-map needs exactly one input image, not a stream")
-        factory = lambda: make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size,  # noqa: E731
-                                        min_confidence, route_policy)
+        factory = lambda: make_session(bundle, backend, precision, tile, overlap, whole, memory_budget,  # noqa: E731
+                                       threads, min_confidence, route_policy)
         return restore_stream(factory, list(inputs), output, realtime, queue_size, max_frames, as_json)
     files: list[Path] = []
     for path in map(Path, inputs):
@@ -129,41 +135,42 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
         from .routemap import PURPOSE
 
         require("cv2", PURPOSE)  # before the restore, not after it
-    restorer = make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence,
-                             route_policy)
-    if route_map is not None and restorer.whole:  # the bundle runs whole images unless given --tile
+    session = make_session(bundle, backend, precision, tile, overlap, whole, memory_budget, threads, min_confidence,
+                           route_policy)
+    if route_map is not None and session.whole:  # the bundle runs whole images unless given --tile
         raise EdgeRestoreError("--route-map needs tiled mode; this bundle runs whole images unless given --tile N")
     if len(targets) > 1 or targets[0].parent == output:
         output.mkdir(parents=True, exist_ok=True)
     from rich.progress import Progress
 
-    executed = full = 0.0
+    executed = full = seconds = 0.0
     shares = []  # per image, as eval and streams average them
     with Progress(transient=True, disable=len(files) < 2) as bar:
         task = bar.add_task("restoring", total=len(files))
         for source, target in zip(files, targets):
             image = imageio.read_image(source)
-            restored = restorer.restore(imageio.to_float(image))
-            imageio.write_image(target, imageio.from_float(restored, image.bit_depth), image.alpha)
-            executed += restorer.route.macs.sum()
-            full += restorer.route.full_macs * len(restorer.route.macs)
-            shares.append(restorer.route.cheap_share(restorer.bundle.plan))
+            result = session.run(image.pixels)
+            imageio.write_image(target, result.image, image.alpha)
+            executed += result.macs.sum()
+            full += result.full_macs * len(result.macs)
+            seconds += result.seconds
+            shares.append(result.cheap_share(session.bundle.plan))
             bar.advance(task)
     if route_map is not None:
         from .routemap import route_map as render
 
         imageio.write_image(route_map, render(image.pixels if image.bit_depth == 8 else
-                                              imageio.from_float(imageio.to_float(image), 8), restorer.route,
-                                              restorer.bundle.plan))
-    summary = {"images": len(files), "output": str(output), "backend": restorer.backend,
-               "precision": restorer.precision, "seconds": restorer.seconds,
+                                              imageio.from_float(imageio.to_float(image), 8), result,
+                                              session.bundle.plan))
+    summary = {"images": len(files), "output": str(output), "backend": session.backend,
+               "precision": session.precision, "seconds": seconds,
                "gmac_per_image": executed / len(files) / 1e9, "full_path_gmac_per_image": full / len(files) / 1e9,
                "bypass_share": None if shares[0] is None else float(np.mean(shares))}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    click.echo(f"restored {len(files)} image(s) -> {output} ({restorer.backend}, {restorer.precision}, "
-               f"{restorer.seconds:.2f} s)")
+    click.echo(f"restored {len(files)} image(s) -> {output} ({session.backend}, {session.precision}, "
+               f"{seconds:.2f} s)")
     if full and executed < full:
         click.echo(f"executed {summary['gmac_per_image']:.2f} GMAC per image, "
                    f"{executed / full:.0%} of the full path ({summary['full_path_gmac_per_image']:.2f} GMAC)")
@@ -181,8 +188,8 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
 @click.option("--border", type=click.IntRange(0), default=0, show_default=True, help="Pixels cropped before scoring.")
 @click.option("--y-channel", is_flag=True, help="Score the BT.601 Y channel (super-resolution protocol).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def eval_command(bundle, data, spec, gt, backend, precision, tile, overlap, whole, batch_size, min_confidence,
-                 route_policy, border, y_channel, as_json):
+def eval_command(bundle, data, spec, gt, backend, precision, tile, overlap, whole, memory_budget, threads,
+                 min_confidence, route_policy, border, y_channel, as_json):
     """Score BUNDLE on a dataset: PSNR/SSIM as BasicSR computes them (uint8, rounded).
 
     JSON keys: psnr, ssim, input_psnr, images, backend, precision, seconds (restoration
@@ -196,17 +203,17 @@ def eval_command(bundle, data, spec, gt, backend, precision, tile, overlap, whol
     require("skimage", "eval (SSIM)")
     if spec is not None:
         parse(spec)  # a bad spec fails before the bundle loads
-    restorer = make_restorer(bundle, backend, precision, tile, overlap, whole, batch_size, min_confidence,
-                             route_policy)
+    session = make_session(bundle, backend, precision, tile, overlap, whole, memory_budget, threads, min_confidence,
+                           route_policy)
     with Progress(transient=True, disable=as_json) as bar:
         task = bar.add_task("evaluating", total=None)
-        result = evaluate(restorer, data, spec, gt, border, y_channel,
+        result = evaluate(session, data, spec, gt, border, y_channel,
                           progress=lambda name: bar.update(task, advance=1, description=name))
     report = {
         "bundle": str(bundle), "data": str(data), "degrade": spec, "gt": str(gt) if gt else None,
         "psnr": result.psnr, "ssim": result.ssim, "input_psnr": result.input_psnr, "images": len(result.images),
-        "backend": restorer.backend, "precision": restorer.precision, "seconds": result.seconds,
-        "mode": "whole" if restorer.whole else f"tiled {restorer.tiles.tile}/{restorer.tiles.overlap}",
+        "backend": session.backend, "precision": session.precision, "seconds": result.seconds,
+        "mode": "whole" if session.whole else f"tiled {session.tiles.tile}/{session.tiles.overlap}",
         "min_confidence": min_confidence, "route_policy": route_policy, "gmac_per_image": result.gmac,
         "full_path_gmac_per_image": result.full_gmac, "bypass_share": result.bypass_share,
         "per_image": [vars(s) for s in result.images],
@@ -214,7 +221,7 @@ def eval_command(bundle, data, spec, gt, backend, precision, tile, overlap, whol
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo(f"{len(result.images)} images, {report['mode']}, {restorer.backend} {restorer.precision}: "
+    click.echo(f"{len(result.images)} images, {report['mode']}, {session.backend} {session.precision}: "
                f"PSNR {result.psnr:.2f} dB (input {_db(result.input_psnr)}), SSIM {result.ssim:.4f}, "
                f"{result.seconds:.2f} s")
     if result.bypass_share is not None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import degrade, imageio, metrics
 from .optional import require
-from .restore import Restorer
+from .session import Session
 from .routemap import route_map
 
 DEMO_NOISE = "gaussian-peaks:5-50"
@@ -66,19 +66,18 @@ def demo_command(output: Path, image: Path | None, noise: str, backend: str) -> 
     click.echo(f"  {len(report.parity)} stages, worst parity error vs PyTorch {max(p.max_abs_error for p in report.parity):.1e}")
 
     noisy = degradation.apply(clean)
-    restorer = Restorer(report.bundle, backend=backend)
-    start = time.perf_counter()
-    restored = restorer.restore(noisy)
-    seconds = time.perf_counter() - start
-
-    panels = [imageio.from_float(x, 8) for x in (noisy, restored, clean)]
-    panels.append(route_map(panels[2], restorer.route))
+    with Session(report.bundle, backend=backend) as session:
+        start = time.perf_counter()
+        route = session.run(noisy.astype(np.float32))
+        seconds = time.perf_counter() - start
+    panels = [imageio.from_float(x, 8) for x in (noisy, route.image, clean)]
+    panels.append(route_map(panels[2], route))
     picture = output / "before_after.png"
     imageio.write_image(picture, side_by_side(*panels))
-    truth, route = panels[2], restorer.route
-    click.echo(f"restored {name} ({clean.shape[1]}x{clean.shape[0]}, {noise}) on {restorer.backend} "
+    truth = panels[2]
+    click.echo(f"restored {name} ({clean.shape[1]}x{clean.shape[0]}, {noise}) on {session.backend} "
                f"in {seconds:.1f} s")
     click.echo(f"  PSNR noisy {metrics.psnr(panels[0], truth):.2f} dB -> restored {metrics.psnr(panels[1], truth):.2f} dB")
-    click.echo(f"  {route.cheap_share(restorer.bundle.plan):.0%} of blocks bypassed: {route.mac_ratio:.0%} of the "
+    click.echo(f"  {route.cheap_share(session.bundle.plan):.0%} of blocks bypassed: {route.mac_ratio:.0%} of the "
                "full network's compute")
     click.echo(f"  noisy | restored | clean | route map (bright = more compute): {picture}")

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import degrade, imageio, metrics
 from .errors import EdgeRestoreError
-from .restore import Restorer
+from .session import Session
 
 
 @dataclass
@@ -66,26 +66,27 @@ def pairs(data: Path, spec: str | None, gt: Path | None) -> Iterator[tuple[str, 
         yield path.name, clean, truth
 
 
-def evaluate(restorer: Restorer, data: str | Path, spec: str | None = None, gt: str | Path | None = None,
+def evaluate(session: Session, data: str | Path, spec: str | None = None, gt: str | Path | None = None,
              border: int = 0, y_channel: bool = False,
              progress: Callable[[str], None] = lambda _: None) -> EvalResult:
+    """The degraded input goes in as float (the published protocols add noise without
+    quantizing it); the output is clipped and rounded to uint8, as they score it."""
     result = EvalResult()
-    start = restorer.seconds
     executed, full, cheap = [], [], []
     for name, degraded, truth in pairs(Path(data), spec, Path(gt) if gt is not None else None):
         progress(name)
-        restored = imageio.from_float(restorer.restore(degraded), 8)
-        route = restorer.route
+        route = session.run(degraded.astype(np.float32))
+        restored = imageio.from_float(route.image, 8)
+        result.seconds += route.seconds
         executed.append(route.macs.sum() / 1e9)
         full.append(route.full_macs * len(route.macs) / 1e9)
-        cheap.append(route.cheap_share(restorer.bundle.plan))
+        cheap.append(route.cheap_share(session.bundle.plan))
         if restored.shape != truth.shape:
             raise EdgeRestoreError(f"'{name}': output {restored.shape} does not match ground truth {truth.shape}")
         noisy = imageio.from_float(degraded, 8) if degraded.shape == truth.shape else None
         result.images.append(ImageScore(
             name, metrics.psnr(restored, truth, border, y_channel), metrics.ssim(restored, truth, border, y_channel),
             metrics.psnr(noisy, truth, border, y_channel) if noisy is not None else None))
-    result.seconds = restorer.seconds - start
     result.gmac, result.full_gmac = float(np.mean(executed)), float(np.mean(full))
     result.bypass_share = float(np.mean(cheap)) if cheap and cheap[0] is not None else None
     return result

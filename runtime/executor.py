@@ -1,10 +1,9 @@
-"""The plan executor: interprets a bundle's plan over a batch of tiles or images.
+"""The plan executor: one pass of a bundle's plan over a set of rows (tiles, or images).
 
-Each tile (a row of the batch) carries named tensors (``image``, features, recurrent
-state, ...). Steps:
+Each row (a tile) carries named tensors, the plan variables (``image``, features,
+recurrent state, ...). Steps:
 
-* ``run``: call a stage on the rows that reach it (gathered when it is a subset,
-  scattered back after).
+* ``run``: call a stage on the rows that reach it (a subset after a switch).
 * ``switch``: the routing policy turns the router's logits into one branch per row;
   each branch's steps run on its own rows only, so an empty branch (a bypass) costs
   nothing; a branch with ``"stop": true`` retires its rows from the rest of the plan.
@@ -22,25 +21,26 @@ state, ...). Steps:
 ``initial`` entries with ``"like": VAR`` get VAR's spatial size (divided by ``divisor``)
 as their trailing axes: a recurrent state at a fraction of the image's resolution.
 
-Hooks see every stage call and every decision, so the profiler, the calibration
-capture and the route map observe exactly what runs, through this one traversal.
+A pass does not call backends itself: :meth:`PlanPass.steps` is a generator that *yields*
+each stage call (:class:`StageCall`) and each decision that needs more rows than its own
+(:class:`Decide`: a vote over a whole image whose tiles are split into several passes) and
+is sent the answer. The scheduler (:mod:`.scheduler`) drives many passes at once, so the
+tiles several passes route to one stage run together in fixed-size buckets, and an image's
+vote waits for all of its tiles. Plan variables live in ``xp``, an array namespace with
+numpy's API (numpy here; a device array library on a GPU); router logits are brought to
+the host for the decisions.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 import numpy as np
 
-from . import backends
 from .bundle import Bundle, walk_plan
 from .errors import EdgeRestoreError
 from .resize import resize_bilinear, scaled_size
-
-StageHook = Callable[[str, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], float], None]
-DecisionHook = Callable[[str, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ class RoutePolicy:
     the most probable other branch. 0.5 on a two-way switch is the argmax; 1.0
     forces the expensive path. Switches without a cheap branch use the argmax.
 
-    ``vote``: every row of one :meth:`Executor.run` (one image's tiles) takes the branch
-    most of them chose, ties to the lower branch index -- one decision per image and
-    switch (RL-Restore's official whole-image mode) instead of one per tile."""
+    ``vote``: every row of one image takes the branch most of them chose, ties to the lower
+    branch index -- one decision per image and switch (RL-Restore's official whole-image
+    mode) instead of one per tile."""
 
     min_confidence: float = 0.5
     vote: bool = False
@@ -66,6 +66,7 @@ class RoutePolicy:
             raise EdgeRestoreError(f"--blend must be at least 1 branch, got {self.blend}")
 
     def choose(self, step: dict[str, Any], probs: np.ndarray) -> np.ndarray:
+        """Each row's own branch (no vote)."""
         cheap = step.get("cheap")
         if cheap is None:
             return probs.argmax(1)
@@ -75,31 +76,46 @@ class RoutePolicy:
         take_cheap = probs[:, cheap] >= self.min_confidence if self.min_confidence < 1.0 else False
         return np.where(take_cheap, cheap, others.argmax(1))
 
-    def decide(self, step: dict[str, Any], probs: np.ndarray) -> np.ndarray:
-        """One branch index per row."""
-        choice = self.choose(step, probs)
-        if self.vote:
-            return np.full_like(choice, np.bincount(choice, minlength=probs.shape[1]).argmax())
-        return choice
+    def vote_of(self, counts: np.ndarray) -> int:
+        """The branch of an image from its rows' own choices counted per branch."""
+        return int(np.argmax(counts))
 
-    def rank(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def rank(self, probs: np.ndarray, mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Blending: per row the ``blend`` most probable branches (ties to the lower index) and
-        their weights, the probabilities renormalised over them. With ``vote`` every row takes
-        the ranking and weights of the rows' mean probabilities (one mix per image)."""
+        their weights, the probabilities renormalised over them. With ``mean`` (a vote: the
+        image's mean probabilities) every row takes the ranking and weights of ``mean``."""
         k = min(self.blend, probs.shape[1])
-        if self.vote:
-            probs = np.broadcast_to(probs.mean(0), probs.shape)
+        if mean is not None:
+            probs = np.broadcast_to(mean, probs.shape)
         ranked = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         weights = np.take_along_axis(probs, ranked, 1)
         return ranked, weights / weights.sum(1, keepdims=True)
 
 
 @dataclass
-class Trace:
-    """What one :meth:`Executor.run` did, per row."""
+class StageCall:
+    """A stage to run on ``rows`` of the pass (all rows when None): ``feeds`` maps each graph
+    input to the plan variable holding it (all rows of the pass). Answered with a dict of
+    graph outputs, one entry per row in ``rows``."""
 
-    macs: np.ndarray  # executed multiply-accumulates per row
-    decisions: dict[str, np.ndarray] = field(default_factory=dict)  # switch -> branch per row (-1: not reached)
+    stage: str
+    feeds: dict[str, Any]
+    rows: np.ndarray | None
+    count: int
+
+
+@dataclass
+class Decide:
+    """A decision that needs the whole image: the router's probabilities of ``rows`` (host
+    float64). Answered with the branch per row, or (ranked, weights) for a blend."""
+
+    step: dict[str, Any]
+    probs: np.ndarray
+    rows: np.ndarray
+    blend: bool
+
+
+Request = StageCall | Decide
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -107,195 +123,187 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(1, keepdims=True)
 
 
-class Executor:
-    def __init__(self, bundle: Bundle, backend: str = "auto", precision: str | None = None,
-                 policy: RoutePolicy | None = None):
-        self.bundle = bundle
-        self.backend = backends.resolve(backend)
-        available = backends.precisions(self.backend, bundle)  # a device backend: what has engines
-        self.precision = precision or (available[0] if available else "fp32")
-        if self.precision not in available:
-            raise EdgeRestoreError(f"bundle '{bundle.root}' has no {self.precision} stages "
-                                   f"(has: {', '.join(available) or 'none'})")
-        self.policy = policy or RoutePolicy()
-        self._runners: dict[str, backends.StageRunner] = {}
-        self.stage_hooks: list[StageHook] = []
-        self.decision_hooks: list[DecisionHook] = []
-        self.trace: Trace | None = None
+@dataclass
+class PlanContext:
+    """What every pass of one session shares."""
 
-    def runner(self, stage: str) -> backends.StageRunner:
-        if stage not in self._runners:
-            self._runners[stage] = backends.open_stage(self.backend, self.bundle, stage, self.precision)
-        return self._runners[stage]
+    bundle: Bundle
+    policy: RoutePolicy = field(default_factory=RoutePolicy)
+    xp: Any = np  # array namespace of the plan variables
+    to_host: Callable[[Any], np.ndarray] = np.asarray
+    from_host: Callable[[np.ndarray], Any] = np.asarray
 
-    def load_all(self) -> None:
-        """Load every stage now (errors surface before any image is read)."""
-        for stage in self.bundle.stages:
-            self.runner(stage)
+    @property
+    def image_wide(self) -> bool:
+        """Decisions need every row of an image (a vote): passes ask the scheduler."""
+        return self.policy.vote
 
-    def run(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(next(iter(tensors.values())))
-        # Copies: a branch updates its rows of a variable in place, the caller's arrays stay intact.
-        env = {name: np.array(value) for name, value in tensors.items()}
-        for name, spec in self.bundle.initial.items():
-            shape = [*spec["shape"], *_like_size(spec, lambda var, name=name: self._variable(env, var, name).shape[-2:])]
-            env[name] = np.full((n, *shape), spec.get("value", 0.0), np.float32)
-        self._active = np.ones(n, bool)
+
+class PlanPass:
+    """One pass of the plan over ``tensors`` (each the same number of rows)."""
+
+    def __init__(self, ctx: PlanContext, tensors: dict[str, Any],
+                 on_decision: Callable[[str, np.ndarray, np.ndarray, np.ndarray], None] | None = None):
+        self.ctx = ctx
+        self.on_decision = on_decision  # (switch, rows, branch per row, probabilities) as each switch decides
+        xp = ctx.xp
+        self.rows = len(next(iter(tensors.values())))
+        self.env: dict[str, Any] = dict(tensors)
+        for name, spec in ctx.bundle.initial.items():
+            shape = [*spec["shape"], *_like_size(spec, lambda var, name=name: self._variable(var, name).shape[-2:])]
+            self.env[name] = xp.full((self.rows, *shape), spec.get("value", 0.0), dtype=xp.float32)
+        self.active = np.ones(self.rows, bool)
+        self.macs = np.zeros(self.rows)
+        self.decisions: dict[str, np.ndarray] = {}  # switch -> branch per row, -1 where not reached
         self._loop_values: dict[str, Any] = {}
-        self.trace = Trace(np.zeros(n))
-        self._steps(self.bundle.plan, env, np.arange(n))
-        return env
 
-    def _variable(self, env: dict[str, np.ndarray], var: str, reader: str) -> np.ndarray:
-        if var not in env:
-            raise EdgeRestoreError(f"bundle '{self.bundle.root}': '{reader}' reads '{var}' before any step writes it")
-        return env[var]
+    def steps(self) -> Generator[Request, Any, None]:
+        yield from self._steps(self.ctx.bundle.plan, np.arange(self.rows))
+
+    def _variable(self, var: str, reader: str) -> Any:
+        if var not in self.env:
+            raise EdgeRestoreError(f"bundle '{self.ctx.bundle.root}': '{reader}' reads '{var}' before any step "
+                                   "writes it")
+        return self.env[var]
 
     # -- steps ---------------------------------------------------------------------
-    def _steps(self, steps: list[dict[str, Any]], env: dict[str, np.ndarray], rows: np.ndarray) -> None:
+    def _steps(self, steps: list[dict[str, Any]], rows: np.ndarray):
         for step in steps:
-            rows = rows[self._active[rows]]
+            rows = rows[self.active[rows]]
             if not len(rows):
                 return
             op = step.get("op")
             if op == "run":
-                self._run_stage(step, env, rows)
+                yield from self._run_stage(step, rows)
             elif op == "switch":
-                self._switch(step, env, rows)
+                yield from self._switch(step, rows)
             elif op == "loop":
-                self._loop(step, env, rows)
+                yield from self._loop(step, rows)
             elif op == "resize":
-                self._resize(step, env, rows)
+                self._resize(step, rows)
             else:
-                raise EdgeRestoreError(f"bundle '{self.bundle.root}': plan step op '{op}' is not supported")
+                raise EdgeRestoreError(f"bundle '{self.ctx.bundle.root}': plan step op '{op}' is not supported")
 
-    def _run_stage(self, step: dict[str, Any], env: dict[str, np.ndarray], rows: np.ndarray) -> None:
+    def _run_stage(self, step: dict[str, Any], rows: np.ndarray):
         stage = step["stage"]
-        everyone = len(rows) == len(self._active)
-        feeds = {}
-        for graph_name, var in step["in"].items():
-            if var not in env:
-                raise EdgeRestoreError(f"bundle '{self.bundle.root}': stage '{stage}' reads '{var}' before any step writes it")
-            feeds[graph_name] = env[var] if everyone else env[var][rows]
-        start = time.perf_counter()
-        outputs = self.runner(stage)(feeds)
-        seconds = time.perf_counter() - start
-        self.trace.macs[rows] += self._macs_per_row(stage, feeds)
-        for hook in self.stage_hooks:
-            hook(stage, rows, feeds, outputs, seconds)
-        for graph_name, var in step["out"].items():
-            self._store(env, var, rows, outputs[graph_name], everyone, f"stage '{stage}'")
+        everyone = len(rows) == self.rows
+        feeds = {port: self._variable(var, f"stage '{stage}'") for port, var in step["in"].items()}
+        outputs = yield StageCall(stage, feeds, None if everyone else rows, len(rows))
+        self.macs[rows] += self._macs_per_row(stage, feeds)
+        for port, var in step["out"].items():
+            self._store(var, rows, outputs[port], everyone, f"stage '{stage}'")
 
-    def _store(self, env: dict[str, np.ndarray], var: str, rows: np.ndarray, value: np.ndarray,
-               everyone: bool, writer: str) -> None:
+    def _store(self, var: str, rows: np.ndarray, value: Any, everyone: bool, writer: str) -> None:
         """Write ``value`` (one row per entry of ``rows``) into the plan variable ``var``.
 
-        A subset of rows may create a variable (a branch's own intermediate): the other rows
-        get zeros, which nothing reads -- the bundle check (runtime/schema/plan.py) refuses a
-        plan that reads a variable on a path where it was not written. A subset may not change
-        an existing variable's shape: the other rows' values could not stay."""
+        A variable some rows write first is created for all rows (the others never read it:
+        the schema refuses a plan that reads a variable on a path where nothing wrote it);
+        an existing one keeps its shape: a subset of rows writing another shape into it would
+        leave the other rows' values meaningless, so that is an error, not a silent refill."""
+        xp = self.ctx.xp
         if everyone:
-            env[var] = value
+            self.env[var] = value
             return
-        if var not in env:
-            env[var] = np.zeros((len(self._active), *value.shape[1:]), value.dtype)
-        elif env[var].shape[1:] != value.shape[1:]:
-            raise EdgeRestoreError(f"bundle '{self.bundle.root}': {writer} writes '{var}' with shape "
-                                   f"{tuple(value.shape[1:])} for some rows, but '{var}' has shape "
-                                   f"{tuple(env[var].shape[1:])} for the others")
-        env[var][rows] = value
+        if var not in self.env:
+            self.env[var] = xp.zeros((self.rows, *value.shape[1:]), dtype=value.dtype)
+        elif self.env[var].shape[1:] != value.shape[1:]:
+            raise EdgeRestoreError(f"bundle '{self.ctx.bundle.root}': {writer} writes '{var}' with shape "
+                                   f"{tuple(value.shape[1:])} for {len(rows)} of {self.rows} rows, but '{var}' has "
+                                   f"shape {tuple(self.env[var].shape[1:])}; a subset of rows cannot reshape a variable")
+        self.env[var][rows] = value
 
-    def _switch(self, step: dict[str, Any], env: dict[str, np.ndarray], rows: np.ndarray) -> None:
-        probs = softmax(env[step["logits"]][rows].astype(np.float64))
+    def _switch(self, step: dict[str, Any], rows: np.ndarray):
+        ctx = self.ctx
+        probs = softmax(ctx.to_host(self._variable(step["logits"], f"switch '{step['name']}'")[rows]).astype(np.float64))
         branches = step["branches"]
         if probs.shape[1] != len(branches):
-            raise EdgeRestoreError(f"bundle '{self.bundle.root}': switch '{step['name']}' has {len(branches)} "
+            raise EdgeRestoreError(f"bundle '{ctx.bundle.root}': switch '{step['name']}' has {len(branches)} "
                                    f"branches but its router gives {probs.shape[1]} logits")
-        blended = bool(step.get("blend")) and self.policy.blend > 1
+        blended = bool(step.get("blend")) and ctx.policy.blend > 1
         if blended:
-            ranked, weights = self.policy.rank(probs)
+            ranked, weights = (yield Decide(step, probs, rows, True)) if ctx.image_wide else ctx.policy.rank(probs)
             choice = ranked[:, 0]  # what traces, route maps and one-hot outputs record
         else:
-            choice = self.policy.decide(step, probs)
-        record = self.trace.decisions.setdefault(step["name"], np.full(len(self._active), -1))
+            choice = (yield Decide(step, probs, rows, False)) if ctx.image_wide else ctx.policy.choose(step, probs)
+        record = self.decisions.setdefault(step["name"], np.full(self.rows, -1))
         record[rows] = choice
         if "one_hot" in step:
-            one_hot = np.eye(len(branches), dtype=np.float32)[choice]
-            self._store(env, step["one_hot"], rows, one_hot, len(rows) == len(self._active),
-                        f"switch '{step['name']}'")
-        for hook in self.decision_hooks:
-            hook(step["name"], rows, choice, probs)
+            one_hot = ctx.from_host(np.eye(len(branches), dtype=np.float32)[choice])
+            self._store(step["one_hot"], rows, one_hot, len(rows) == self.rows, f"switch '{step['name']}'")
+        if self.on_decision is not None:
+            self.on_decision(step["name"], rows, choice, probs)
         if blended:
-            self._blend(step, env, rows, ranked, weights)
+            yield from self._blend(step, rows, ranked, weights)
             return
         for index, branch in enumerate(branches):
             chosen = rows[choice == index]
             if not len(chosen):
                 continue
             if branch.get("stop"):
-                self._active[chosen] = False
+                self.active[chosen] = False
             else:
-                self._steps(branch["steps"], env, chosen)
+                yield from self._steps(branch["steps"], chosen)
 
-    def _blend(self, step: dict[str, Any], env: dict[str, np.ndarray], rows: np.ndarray, ranked: np.ndarray,
-               weights: np.ndarray) -> None:
+    def _blend(self, step: dict[str, Any], rows: np.ndarray, ranked: np.ndarray, weights: np.ndarray):
         """Every branch among a row's top K runs on that row from the switch's input; the
         ``blend`` variables become the weighted sum of those branches' outputs."""
-        _check_blendable(self.bundle, step)
+        xp = self.ctx.xp
+        _check_blendable(self.ctx.bundle, step)
         names = list(step["blend"])
-        saved = {var: env[var] for var in names if var in env}
-        mixed: dict[str, np.ndarray] = {}
+        saved = {var: self.env[var] for var in names if var in self.env}
+        mixed: dict[str, Any] = {}
         for index, branch in enumerate(step["branches"]):
             member = ranked == index
             taken = member.any(1)
             if not taken.any():
                 continue
             for var, value in saved.items():  # each branch starts from the switch's input
-                env[var] = value.copy()
-            self._steps(branch["steps"], env, rows[taken])
-            weight = (weights * member).sum(1)[taken].astype(np.float32)
+                self.env[var] = value.copy()
+            yield from self._steps(branch["steps"], rows[taken])
+            weight = self.ctx.from_host((weights * member).sum(1)[taken].astype(np.float32))
             for var in names:
-                out = self._variable(env, var, f"switch '{step['name']}'")[rows[taken]]
+                out = self._variable(var, f"switch '{step['name']}'")[rows[taken]]
                 if var not in mixed:
-                    mixed[var] = np.zeros((len(rows), *out.shape[1:]), np.float32)
+                    mixed[var] = xp.zeros((len(rows), *out.shape[1:]), dtype=xp.float32)
                 mixed[var][taken] += weight.reshape(-1, *[1] * (out.ndim - 1)) * out
         for var, value in mixed.items():
-            self._store(env, var, rows, value, len(rows) == len(self._active), f"switch '{step['name']}'")
+            self._store(var, rows, value, len(rows) == self.rows, f"switch '{step['name']}'")
 
-    def _loop(self, step: dict[str, Any], env: dict[str, np.ndarray], rows: np.ndarray) -> None:
+    def _loop(self, step: dict[str, Any], rows: np.ndarray):
         var = step["var"]
         for value in step["values"]:
             self._loop_values[var] = value
-            self._steps(step["body"], env, rows)
+            yield from self._steps(step["body"], rows)
         self._loop_values.pop(var, None)
 
-    def _resize(self, step: dict[str, Any], env: dict[str, np.ndarray], rows: np.ndarray) -> None:
+    def _resize(self, step: dict[str, Any], rows: np.ndarray) -> None:
         """Every row of a variable has one size, so the rows that reach a resize are all that
         matter; while some rows are retired, a resize may not change an existing variable's
         size (the retired rows' values could not stay: ``_store`` refuses it)."""
-        source = self._variable(env, step["in"], "resize")
-        everyone = len(rows) == len(self._active)
-        size = resize_size(step, lambda var: self._variable(env, var, "resize").shape[-2:], self._loop_values,
-                           self.bundle.root)
+        source = self._variable(step["in"], "resize")
+        everyone = len(rows) == self.rows
+        size = resize_size(step, lambda var: self._variable(var, "resize").shape[-2:], self._loop_values,
+                           self.ctx.bundle.root)
         value = resize_bilinear(source if everyone else source[rows], *size)
-        self._store(env, step["out"], rows, value, everyone, f"the resize of '{step['in']}'")
+        self._store(step["out"], rows, value, everyone, f"the resize of '{step['in']}'")
 
     # -- compute accounting -------------------------------------------------------------
-    def _macs_per_row(self, stage: str, feeds: dict[str, np.ndarray]) -> float:
-        info = self.bundle.stages[stage]
+    def _macs_per_row(self, stage: str, feeds: dict[str, Any]) -> float:
+        info = self.ctx.bundle.stages[stage]
         first = next(iter(feeds.values()))
         pixels = int(np.prod(first.shape[2:])) if first.ndim == 4 else 0
         return info.macs_per_call + info.macs_per_pixel * pixels
 
-    def full_path_macs(self, item_shape: tuple[int, ...]) -> float:
-        """MACs per row if every switch took its most expensive branch (``item_shape``: C, H, W
-        of the plan's input). Resize steps and loops are followed, so a pyramid's coarse
-        scales count at their own size."""
-        sizes = {self.bundle.io.get("input", "image"): tuple(item_shape[1:])}
-        for name, spec in self.bundle.initial.items():
-            if spec.get("like") in sizes:
-                sizes[name] = tuple(_like_size(spec, sizes.__getitem__))
-        return _plan_macs(self.bundle, self.bundle.plan, sizes, {}, self.policy.blend)
+
+def full_path_macs(bundle: Bundle, item_shape: tuple[int, ...], blend: int = 1) -> float:
+    """MACs per row if every switch took its most expensive branch (``item_shape``: C, H, W
+    of the plan's input). Resize steps and loops are followed, so a pyramid's coarse
+    scales count at their own size."""
+    sizes = {bundle.io.get("input", "image"): tuple(item_shape[1:])}
+    for name, spec in bundle.initial.items():
+        if spec.get("like") in sizes:
+            sizes[name] = tuple(_like_size(spec, sizes.__getitem__))
+    return _plan_macs(bundle, bundle.plan, sizes, {}, blend)
 
 
 def switches(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,7 @@ import numpy as np
 from . import degrade, imageio, tegrastats
 from .atomic import atomic_file
 from .bundle import Bundle
-from .commands import make_restorer, runtime_options
+from .commands import make_session, runtime_options
 from .errors import EdgeRestoreError
 from .optional import require
 from .profiler import profile
@@ -33,8 +33,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def profile_frame(channels: int, size: tuple[int, int] | None, image: Path | None, spec: str) -> tuple[np.ndarray, str]:
-    """The frame to profile (float HxWxC) and a description. Content matters for routed
-    models, so it is a photo (scikit-image's bundled astronaut unless --image), degraded."""
+    """The frame to profile (uint8 HxWxC, as a camera delivers it) and a description. Content
+    matters for routed models, so it is a photo (scikit-image's bundled astronaut unless
+    --image), degraded."""
     if image is not None:
         clean, name = imageio.to_float(imageio.read_image(image)), image.name
     else:
@@ -52,7 +53,7 @@ def profile_frame(channels: int, size: tuple[int, int] | None, image: Path | Non
     if spec != "none":
         clean = degrade.parse(spec).apply(clean.astype(np.float64))
         name += f", {spec}"
-    return np.ascontiguousarray(clean, np.float32), f"{name}, {clean.shape[1]}x{clean.shape[0]}"
+    return imageio.from_float(clean, 8), f"{name}, {clean.shape[1]}x{clean.shape[0]}"
 
 
 @click.command("profile")
@@ -76,21 +77,24 @@ def profile_frame(channels: int, size: tuple[int, int] | None, image: Path | Non
                    "timed frames. Default: on where tegrastats is on PATH.")
 @click.option("--tegrastats-interval", type=click.IntRange(10), default=100, show_default=True, metavar="MS",
               help="tegrastats sampling interval.")
-def profile_command(bundle, size, backends, precision, tile, overlap, whole, batch_size, min_confidence, route_policy,
+def profile_command(bundle, size, backends, precision, tile, overlap, whole, memory_budget, threads, min_confidence,
+                    route_policy,
                     iterations, warmup, image, spec, json_path, plot_path, use_tegrastats, tegrastats_interval):
     """Profile BUNDLE: warm-up, then --iterations frames through the runtime.
 
-    Reports per stage p50/p90/p99 latency (the executor's own timing hooks around every
-    stage call, the tile library's extract/merge, and the host work between them),
-    end-to-end latency, FPS, megapixels/s, executed GMAC per frame against the full
-    (all-complex) path, each branch's share of tiles, and peak resident memory; on a
-    Jetson also tegrastats' power rails, GPU/EMC load and clocks.
+    Reports per stage p50/p90/p99 latency (the session's own timing hooks around every
+    backend call, the tile library's extract/merge, and the host work between them),
+    end-to-end latency, FPS, megapixels/s, backend calls and bucket sizes per frame,
+    executed GMAC per frame (and per second) against the full (all-complex) path, each
+    branch's share of tiles, and peak resident memory; on a Jetson also tegrastats' power
+    rails, GPU/EMC load and clocks. The frame is uint8, as a camera delivers it.
 
     JSON keys: bundle, model, frame, size, iterations, warmup, min_confidence,
-    route_policy, host, runs (one per --backend: backend, precision, mode, frames,
-    latency_ms, fps, megapixels_per_second, stages, tiles_per_frame, gmac_per_frame,
-    full_path_gmac_per_frame, mac_ratio, branch_share, branch_share_per_switch, memory_mb,
-    telemetry).
+    route_policy, host, runs (one per --backend: backend, precision, mode, memory_budget_mb,
+    frames, latency_ms, fps, megapixels_per_second, stages, tiles_per_frame,
+    backend_calls_per_frame, buckets (occupancy, calls_per_frame per stage and bucket size),
+    gmac_per_frame, full_path_gmac_per_frame, mac_ratio, executed_gmac_per_second,
+    branch_share, branch_share_per_switch, memory_mb, telemetry).
     """
     from rich.console import Console
     from rich.progress import Progress
@@ -118,13 +122,13 @@ def profile_command(bundle, size, backends, precision, tile, overlap, whole, bat
     with Progress(console=console, transient=True) as bar:
         for backend in dict.fromkeys(backends):  # a backend named twice runs once
             task = bar.add_task(f"loading {backend}", total=warmup + iterations)
-            restorer = make_restorer(model, backend, precision, tile, overlap, whole, batch_size, min_confidence,
-                                     route_policy)
-            bar.update(task, description=f"profiling {restorer.backend} {restorer.precision}")
+            session = make_session(model, backend, precision, tile, overlap, whole, memory_budget, threads,
+                                   min_confidence, route_policy)
+            bar.update(task, description=f"profiling {session.backend} {session.precision}")
             telemetry = tegrastats.TegrastatsSampler(tegrastats_interval) if sample else None
-            results.append(profile(restorer, frame, iterations, warmup, telemetry,
-                                   progress=lambda: bar.advance(task)))
-            del restorer  # free this backend's sessions before the next loads
+            with session:
+                results.append(profile(session, frame, iterations, warmup, telemetry,
+                                       progress=lambda: bar.advance(task)))
 
     report = {
         "bundle": str(bundle), "model": model.name, "frame": description,
@@ -175,6 +179,9 @@ def _print_table(report: dict) -> None:
         "megapixels/s": lambda r: f"{r['megapixels_per_second']:.2f}",
         "GMAC per frame": lambda r: f"{r['gmac_per_frame']:.1f} ({r['mac_ratio']:.0%} of "
                                     f"{r['full_path_gmac_per_frame']:.1f})",
+        "executed GMAC/s": lambda r: f"{r['executed_gmac_per_second']:.1f}",
+        "backend calls per frame": lambda r: f"{r['backend_calls_per_frame']:.0f} "
+                                             f"({r['buckets']['occupancy']:.0%} of bucket rows real)",
         "branch share": lambda r: ", ".join(f"{k} {v:.0%}" for k, v in r["branch_share"].items()) or "-",
         "peak RSS MB": lambda r: f"{r['memory_mb']['peak_rss']:.0f}",
     }

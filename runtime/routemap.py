@@ -10,7 +10,7 @@ import numpy as np
 
 from .executor import switches
 from .optional import require
-from .restore import RouteRecord
+from .session import Result
 
 PURPOSE = "drawing a route map (--route-map)"
 
@@ -19,7 +19,7 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (227, 119, 194), (255, 215, 0), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120)]
 
 
-def route_map(image: np.ndarray, record: RouteRecord, plan: list[dict[str, Any]] | None = None) -> np.ndarray:
+def route_map(image: np.ndarray, record: Result, plan: list[dict[str, Any]] | None = None) -> np.ndarray:
     """uint8 HxWxC image + the last restore's record -> uint8 HxWx3 picture.
 
     Each tile is painted with its executed share of the full-path compute (viridis:
@@ -43,14 +43,14 @@ def route_map(image: np.ndarray, record: RouteRecord, plan: list[dict[str, Any]]
     return _outline(_overlay(image, colors), record)
 
 
-def chains(record: RouteRecord, plan: list[dict[str, Any]]) -> list[str]:
+def chains(record: Result, plan: list[dict[str, Any]]) -> list[str]:
     """Per tile (first plane), the labels of the branches it ran, in plan order, joined by
     '>' (a branch's ``label``, else its name; stop branches and unreached switches add
     nothing; '-' = no branch ran)."""
     return [">".join(str(b.get("label", b["name"])) for b in taken) or "-" for taken in _taken(record, plan)]
 
 
-def _taken(record: RouteRecord, plan: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def _taken(record: Result, plan: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Per tile (first plane), the non-stop branches it ran, in plan order."""
     steps = switches(plan)
     names = [name for name in steps if name in record.decisions]
@@ -61,7 +61,7 @@ def _taken(record: RouteRecord, plan: list[dict[str, Any]]) -> list[list[dict[st
     return out
 
 
-def _chain_map(image: np.ndarray, record: RouteRecord, plan: list[dict[str, Any]]) -> np.ndarray:
+def _chain_map(image: np.ndarray, record: Result, plan: list[dict[str, Any]]) -> np.ndarray:
     """Each tile's cell (the part no later tile covers) coloured by the first branch of its
     chain (a fixed colour per branch index; gray: no branch ran) and labelled with the chain."""
     cv2 = require("cv2", PURPOSE)
@@ -81,7 +81,7 @@ def _chain_map(image: np.ndarray, record: RouteRecord, plan: list[dict[str, Any]
     return picture
 
 
-def _cells(record: RouteRecord) -> list[tuple[int, int, int, int]]:
+def _cells(record: Result) -> list[tuple[int, int, int, int]]:
     """Per tile, ``(y0, y1, x0, x1)`` from its origin to the next tile's origin (or the border)."""
     grid = record.grid
     ys = [*grid.origins_y, grid.height]
@@ -89,7 +89,7 @@ def _cells(record: RouteRecord) -> list[tuple[int, int, int, int]]:
     return [(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(len(ys) - 1) for j in range(len(xs) - 1)]
 
 
-def _origins(record: RouteRecord) -> list[tuple[int, int]]:
+def _origins(record: Result) -> list[tuple[int, int]]:
     return [(oy, ox) for oy in record.grid.origins_y for ox in record.grid.origins_x]
 
 
@@ -98,7 +98,7 @@ def _overlay(image: np.ndarray, colors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((0.45 * gray + 0.55 * colors).astype(np.uint8))
 
 
-def _outline(picture: np.ndarray, record: RouteRecord) -> np.ndarray:
+def _outline(picture: np.ndarray, record: Result) -> np.ndarray:
     cv2 = require("cv2", PURPOSE)
     t = record.grid.tile
     for oy, ox in _origins(record):

@@ -2,7 +2,7 @@
 
 Three threads share the work: a reader pulls frames from the source (a video decoder, a
 camera, an image folder, any iterable of numpy frames), one restorer thread runs the
-:class:`Restorer`, and the caller's thread consumes the restored frames (the encoder, or
+:class:`~.session.Session` (uint8 frames through the tile library end to end), and the caller's thread consumes the restored frames (the encoder, or
 the application that embeds the pipeline). Bounded queues join them, so a slow stage
 holds the others back (backpressure) instead of letting frames pile up in memory: at
 most ``2 * queue_size + 3`` frames are alive at any time. There is one restorer thread,
@@ -29,8 +29,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import imageio
-from .restore import Restorer
+from .session import Session
 
 _END = object()  # end of stream, passed down the queues
 _POLL = 0.05  # seconds: how often a waiting thread checks that the stream still runs
@@ -83,7 +82,7 @@ class StreamStats:
     skipped: list[Skipped] = field(default_factory=list)  # the first corrupt / truncated reports, in order
     size_changes: list[tuple[int, tuple[int, int], tuple[int, int]]] = field(default_factory=list)  # the first
     seconds: float = 0.0  # wall time from the first read to the last frame out
-    restore_seconds: float = 0.0  # inside Restorer.restore
+    restore_seconds: float = 0.0  # inside Session.run
     executed_macs: float = 0.0
     full_macs: float = 0.0
     cheap_share_sum: float = 0.0  # routed models: sum over frames of the share of bypassed decisions
@@ -143,17 +142,18 @@ class Pipeline:
     drop and size change as it happens.
     """
 
-    def __init__(self, restorer: Restorer, queue_size: int = 4, realtime_fps: float | None = None,
-                 paced: bool = False, on_notice: Notice | None = None):
+    def __init__(self, session: Session, queue_size: int = 4, realtime_fps: float | None = None,
+                 paced: bool = False, on_notice: Notice | None = None, order: str = "RGB"):
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         if realtime_fps is not None and realtime_fps <= 0:
             raise ValueError("realtime_fps must be positive")
-        self.restorer = restorer
+        self.session = session
         self.queue_size = queue_size
         self.realtime_fps = realtime_fps
         self.paced = paced
         self.on_notice = on_notice or (lambda kind, line: None)
+        self.order = order  # of the frames' colour channels: RGB, or OpenCV's BGR
         self.stats = StreamStats()
 
     def run(self, source: Iterable[Frame | Skipped]) -> Iterator[Frame]:
@@ -229,7 +229,7 @@ class Pipeline:
         _put(inbox, _END, stop)
 
     def _restore(self, stop: threading.Event, inbox: queue.Queue, outbox: queue.Queue) -> None:
-        stats, restorer = self.stats, self.restorer
+        stats, session = self.stats, self.session
         interval = 1.0 / self.realtime_fps if self.realtime_fps else None
         previous: tuple[int, int] | None = None
         while True:
@@ -248,13 +248,12 @@ class Pipeline:
                                f"{item.size[0]}x{item.size[1]}; tiles re-planned for the new size")
             previous = item.size
             start = time.perf_counter()
-            restored = restorer.restore(imageio.to_float(imageio.Image(item.pixels, item.alpha, item.bit_depth)))
-            route = restorer.route
-            share = route.cheap_share(restorer.bundle.plan)
-            stats.add(restore_seconds=time.perf_counter() - start, executed_macs=float(route.macs.sum()),
-                      full_macs=route.full_macs * len(route.macs), restored=1,
+            result = session.run(item.pixels, self.order)
+            share = result.cheap_share(session.bundle.plan)
+            stats.add(restore_seconds=time.perf_counter() - start, executed_macs=float(result.macs.sum()),
+                      full_macs=result.full_macs * len(result.macs), restored=1,
                       **({} if share is None else {"cheap_share_sum": share, "routed_frames": 1}))
-            if not _put(outbox, replace(item, pixels=imageio.from_float(restored, item.bit_depth)), stop):
+            if not _put(outbox, replace(item, pixels=result.image), stop):
                 return
 
     def _drop(self, index: int, why: str) -> None:
@@ -262,14 +261,15 @@ class Pipeline:
         self.on_notice("late", f"frame {index}: dropped ({why}; --realtime {self.realtime_fps:g})")
 
 
-def restore_frames(restorer: Restorer, frames: Iterable[np.ndarray], queue_size: int = 4,
-                   realtime_fps: float | None = None, stats: StreamStats | None = None) -> Iterator[np.ndarray]:
-    """The embedding API: numpy frames in (HxW or HxWxC, C = 1, 3 or RGBA 4; uint8 or uint16,
-    values as the model expects: RGB for color models), restored numpy frames out, same
-    dtype and layout, in order. The input iterable is consumed on a reader thread while the
-    previous frames restore. With ``realtime_fps``, late frames are dropped (see
+def restore_frames(session: Session, frames: Iterable[np.ndarray], queue_size: int = 4,
+                   realtime_fps: float | None = None, stats: StreamStats | None = None,
+                   order: str = "RGB") -> Iterator[np.ndarray]:
+    """What :meth:`Session.stream` runs: numpy frames in (HxW or HxWxC, C = 1, 3 or 4 with
+    alpha; uint8 or uint16; RGB, or BGR with ``order="BGR"``), restored numpy frames out,
+    same dtype and layout, in order. The input iterable is consumed on a reader thread while
+    the previous frames restore. With ``realtime_fps``, late frames are dropped (see
     :class:`Pipeline`); pass a :class:`StreamStats` to read the counts afterwards."""
-    pipeline = Pipeline(restorer, queue_size, realtime_fps)
+    pipeline = Pipeline(session, queue_size, realtime_fps, order=order)
     try:
         for frame in pipeline.run(to_frame(index, array) for index, array in enumerate(frames)):
             pixels = frame.pixels if frame.alpha is None else np.dstack([frame.pixels, frame.alpha])

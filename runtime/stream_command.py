@@ -12,7 +12,7 @@ import click
 from . import imageio
 from .atomic import atomic_file
 from .errors import EdgeRestoreError
-from .restore import Restorer
+from .session import Session
 from .stream import Pipeline, StreamStats
 from .video import (VIDEO_CODECS, VIDEO_SUFFIXES, ImageFolderSink, VideoSink, is_camera, is_pipeline, is_video_file,
                     open_source)
@@ -31,7 +31,7 @@ def is_stream(inputs: list[str], output: Path, realtime: float | None) -> bool:
     return any(Path(s).is_dir() for s in inputs) and output.suffix.lower() not in imageio.IMAGE_EXTENSIONS
 
 
-def restore_stream(restorer_factory, inputs: list[str], output: Path, realtime: float | None, queue_size: int,
+def restore_stream(session_factory, inputs: list[str], output: Path, realtime: float | None, queue_size: int,
                    max_frames: int | None, as_json: bool) -> None:
     """Open the source and the sink (errors before the bundle loads), restore, report."""
     video_out = output.suffix.lower() in VIDEO_SUFFIXES
@@ -58,8 +58,8 @@ def restore_stream(restorer_factory, inputs: list[str], output: Path, realtime: 
     with imageio.opencv_silenced():
         source = open_source(inputs)
         try:
-            restorer: Restorer = restorer_factory()
-            pipeline = Pipeline(restorer, queue_size, realtime, paced=not source.live, on_notice=notice)
+            session: Session = session_factory()
+            pipeline = Pipeline(session, queue_size, realtime, paced=not source.live, on_notice=notice)
             fps = realtime or source.fps or DEFAULT_FPS
             if video_out:
                 with atomic_file(output) as tmp:
@@ -74,7 +74,7 @@ def restore_stream(restorer_factory, inputs: list[str], output: Path, realtime: 
                     raise _nothing_restored(source, pipeline.stats)
         finally:
             source.close()
-    _report(pipeline.stats, source, output, restorer, realtime, interrupted, as_json)
+    _report(pipeline.stats, source, output, session, realtime, interrupted, as_json)
 
 
 def _run(pipeline: Pipeline, source, sink, max_frames: int | None, console) -> bool:
@@ -114,7 +114,7 @@ def _nothing_restored(source, stats: StreamStats) -> EdgeRestoreError:
     return EdgeRestoreError(f"no frame of {source.description} could be restored{first}")
 
 
-def _report(stats: StreamStats, source, output: Path, restorer: Restorer, realtime: float | None,
+def _report(stats: StreamStats, source, output: Path, session: Session, realtime: float | None,
             interrupted: bool, as_json: bool) -> None:
     frames = max(stats.restored, 1)
     corrupt = [s.index for s in stats.skipped if s.kind == "corrupt"]
@@ -123,7 +123,7 @@ def _report(stats: StreamStats, source, output: Path, restorer: Restorer, realti
         "restored": stats.restored, "dropped": stats.dropped, "realtime_fps": realtime, "corrupt": stats.corrupt,
         "skipped": [{"index": s.index, "kind": s.kind, "reason": s.reason} for s in stats.skipped],
         "size_changes": [{"index": i, "from": list(a), "to": list(b)} for i, a, b in stats.size_changes],
-        "interrupted": interrupted, "backend": restorer.backend, "precision": restorer.precision,
+        "interrupted": interrupted, "backend": session.backend, "precision": session.precision,
         "seconds": stats.seconds, "fps": stats.fps, "restore_seconds": stats.restore_seconds,
         "gmac_per_frame": stats.executed_macs / frames / 1e9,
         "full_path_gmac_per_frame": stats.full_macs / frames / 1e9,
@@ -132,8 +132,8 @@ def _report(stats: StreamStats, source, output: Path, restorer: Restorer, realti
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    click.echo(f"restored {stats.restored} of {summary['frames']} frames -> {output} ({restorer.backend}, "
-               f"{restorer.precision}, {stats.seconds:.2f} s, {stats.fps:.2f} fps)"
+    click.echo(f"restored {stats.restored} of {summary['frames']} frames -> {output} ({session.backend}, "
+               f"{session.precision}, {stats.seconds:.2f} s, {stats.fps:.2f} fps)"
                + ("; stopped with Ctrl-C" if interrupted else ""))
     if stats.dropped:
         click.echo(f"dropped {stats.dropped} late frame(s) to keep up with --realtime {realtime:g}")

@@ -17,7 +17,7 @@ from edgerestore.export import write_bundle
 from edgerestore.models import DeblurGANv2, create_model
 from edgerestore.runtime import backends
 from edgerestore.runtime.bundle import Bundle
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 from conftest import demo_int8_roundtrip
 from test_int8_export import write_images
 
@@ -200,7 +200,7 @@ def test_runtime_maps_the_range_and_pads_with_zeros(tmp_path):
     model = DeblurGANv2(variant="mobilenet-dsc", width=0.5, filters=16, fpn_filters=32).eval()
     write_bundle(model, "deblurganv2", tmp_path / "b")
     image = np.random.default_rng(1).random((50, 70, 3)).astype(np.float32)
-    got = Restorer(tmp_path / "b", backend="onnxruntime").restore(image)
+    got = Session(tmp_path / "b", backend="onnxruntime").run(image, clip=False).image
     padded = np.zeros((64, 96, 3), np.float32)  # zeros in [-1, 1], as the official predictor pads
     padded[:50, :70] = image * 2 - 1
     with torch.no_grad():

@@ -9,7 +9,7 @@ import torch
 
 from edgerestore.export import write_bundle
 from edgerestore.models import MemNet, create_model, load_checkpoint
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 from conftest import demo_int8_roundtrip
 from test_int8_export import write_images
 
@@ -46,8 +46,8 @@ def test_export_parity_and_tiles_equal_the_whole_image(memnet_bundle):
     image = np.random.default_rng(0).random((90, 110, 1)).astype(np.float32)
     with torch.no_grad():
         expected = model(torch.from_numpy(image).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
-    for restorer in (Restorer(out, backend="onnxruntime", tile=64), Restorer(out, backend="onnxruntime", whole=True)):
-        assert np.abs(restorer.restore(image) - expected).max() < 1e-4
+    for session in (Session(out, backend="onnxruntime", tile=64), Session(out, backend="onnxruntime", whole=True)):
+        assert np.abs(session.run(image, clip=False).image - expected).max() < 1e-4
 
 
 def test_int8_export_cli_restore_and_profile_of_the_demo(tmp_path, run_cli):

@@ -10,8 +10,8 @@ import torch
 from edgerestore.models import PathRestore, create_model, save_checkpoint
 from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.errors import EdgeRestoreError
-from edgerestore.runtime.executor import Executor, RoutePolicy
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.executor import RoutePolicy
+from edgerestore.runtime.session import Session
 from edgerestore.runtime.tilelib import extract
 
 
@@ -32,7 +32,7 @@ def image():
 def mixed_router(model: PathRestore, image: np.ndarray) -> PathRestore:
     """Random weights route every tile the same way; sharpen the router and centre its
     first decision on these tiles so the runtime really has to split batches."""
-    from edgerestore.runtime.restore import TileGrid
+    from edgerestore.runtime.tiling import TileGrid
 
     torch.manual_seed(3)
     with torch.no_grad():
@@ -64,32 +64,31 @@ def torch_route(model, tiles, min_confidence=0.5):
     return out.numpy(), actions.numpy()
 
 
-def decisions_of(restorer):
-    return np.stack([restorer.route.decisions[f"block{i}"] for i in range(6)], 1)
+def decisions_of(result):
+    return np.stack([result.decisions[f"block{i}"] for i in range(6)], 1)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])
 def test_bundle_reproduces_pytorch_decisions_and_pixels(routed, image, backend):
     model, bundle = routed
-    restorer = Restorer(bundle, backend=backend)
-    restored = restorer.restore(image)
-    tiles = extract(image, restorer.route.grid)
+    route = Session(bundle, backend=backend).run(image, clip=False)
+    tiles = extract(image, route.grid)
     expected_tiles, actions = torch_route(model, tiles)
-    decisions = decisions_of(restorer)
+    decisions = decisions_of(route)
     assert any(0 < actions[:, i].mean() < 1 for i in range(6)), "test needs a block with mixed routing"
     assert (decisions == actions).mean() == 1.0
     from edgerestore.runtime.tilelib import merge
 
-    np.testing.assert_allclose(restored, merge(expected_tiles, restorer.route.grid), atol=1e-4)
+    np.testing.assert_allclose(route.image, merge(expected_tiles, route.grid), atol=1e-4)
 
 
 def test_branches_run_only_on_their_tiles(routed, image):
     _, bundle = routed
-    restorer = Restorer(bundle, backend="onnxruntime", batch_size=64)
+    session = Session(bundle, backend="onnxruntime")
     calls = {}
-    restorer.executor.stage_hooks.append(lambda stage, rows, feeds, outs, s: calls.setdefault(stage, []).append(len(rows)))
-    restorer.restore(image)
-    decisions = decisions_of(restorer)
+    session.stage_hooks.append(lambda stage, rows, feeds, outs, s: calls.setdefault(stage, []).append(len(rows)))
+    route = session.run(image)
+    decisions = decisions_of(route)
     n = len(decisions)
     for i in range(6):
         assert sum(calls[f"block{i}.shared"]) == n
@@ -99,19 +98,19 @@ def test_branches_run_only_on_their_tiles(routed, image):
     stages = Bundle(bundle).stages
     branch = stages["block0.branch"].macs_per_call
     expected_saving = (decisions == 0).sum() * branch
-    full = restorer.route.full_macs * n
-    assert np.isclose(full - restorer.route.macs.sum(), expected_saving)
+    full = route.full_macs * n
+    assert np.isclose(full - route.macs.sum(), expected_saving)
 
 
 def test_min_confidence_dial(routed, image):
     model, bundle = routed
     shares = []
     for c in (0.0, 0.3, 0.5, 0.7, 1.0):
-        restorer = Restorer(bundle, backend="onnxruntime", min_confidence=c)
-        restorer.restore(image)
-        shares.append(restorer.route.cheap_share(restorer.bundle.plan))
-        tiles = extract(image, restorer.route.grid)
-        assert (decisions_of(restorer) == torch_route(model, tiles, c)[1]).all()
+        session = Session(bundle, backend="onnxruntime", min_confidence=c)
+        route = session.run(image)
+        shares.append(route.cheap_share(session.bundle.plan))
+        tiles = extract(image, route.grid)
+        assert (decisions_of(route) == torch_route(model, tiles, c)[1]).all()
     assert shares[0] == 1.0 and shares[-1] == 0.0
     assert all(a >= b for a, b in zip(shares, shares[1:]))
     with pytest.raises(EdgeRestoreError, match="min-confidence"):
@@ -136,11 +135,11 @@ def test_route_map_and_mac_report(routed, run_cli, tmp_path):
 def test_fixed_tiles_refuse_whole_and_other_tile_sizes(routed, image):
     _, bundle = routed
     with pytest.raises(EdgeRestoreError, match="fixed 63x63"):
-        Restorer(bundle, backend="onnxruntime", whole=True)
+        Session(bundle, backend="onnxruntime", whole=True)
     with pytest.raises(EdgeRestoreError, match="only runs on 63x63"):
-        Restorer(bundle, backend="onnxruntime", tile=64)
+        Session(bundle, backend="onnxruntime", tile=64)
     with pytest.raises(EdgeRestoreError, match="smaller than the 63x63 tile"):
-        Restorer(bundle, backend="onnxruntime").restore(image[:50])
+        Session(bundle, backend="onnxruntime").run(image[:50])
 
 
 def _edit_manifest(bundle, tmp_path, edit):
@@ -179,7 +178,7 @@ def test_switch_with_wrong_branch_count(routed, tmp_path, image):
 
     bundle = _edit_manifest(routed[1], tmp_path, edit)
     with pytest.raises(EdgeRestoreError, match="3 branches but its router gives 2 logits"):
-        Restorer(bundle, backend="onnxruntime").restore(image)
+        Session(bundle, backend="onnxruntime").run(image)
 
 
 def test_checkpoint_of_another_architecture(tmp_path, run_cli):

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO, SHARED, need_shared
 from edgerestore.runtime import degrade, imageio, metrics
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -41,10 +41,11 @@ def test_beats_non_local_means_and_routes(shipped):
     clean = imageio.to_float(imageio.read_image(path)).astype(np.float64)
     noisy = degrade.parse("gaussian:25").apply(clean)
     truth = imageio.from_float(clean, 8)
-    restorer = Restorer(shipped, backend="onnxruntime")
-    ours = metrics.psnr(imageio.from_float(restorer.restore(noisy), 8), truth)
+    session = Session(shipped, backend="onnxruntime")
+    route = session.run(noisy.astype(np.float32))
+    ours = metrics.psnr(imageio.from_float(route.image, 8), truth)
     noisy8 = np.ascontiguousarray(imageio.from_float(noisy, 8)[..., ::-1])
     nlm = max(metrics.psnr(cv2.fastNlMeansDenoisingColored(noisy8, None, h, h, 7, 21)[..., ::-1], truth)
               for h in (10, 15, 20))
     assert ours >= nlm + 1.5, (ours, nlm)  # the acceptance margin (benchmarks/pathrestore_quality.py: all of McMaster)
-    assert 0.0 < restorer.route.cheap_share(restorer.bundle.plan) < 1.0
+    assert 0.0 < route.cheap_share(session.bundle.plan) < 1.0

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 
 from edgerestore.runtime.profiler import profile
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 from test_bad_input import assert_clean_failure
 from test_tegrastats import JP6_ORIN_NX, JP6_ORIN_NX_LOAD
 
 TOP_KEYS = {"bundle", "model", "frame", "size", "iterations", "warmup", "min_confidence", "route_policy", "host",
             "runs"}
-RUN_KEYS = {"backend", "precision", "mode", "frames", "latency_ms", "fps", "megapixels_per_second", "stages",
-            "tiles_per_frame", "gmac_per_frame", "full_path_gmac_per_frame", "mac_ratio", "branch_share",
+RUN_KEYS = {"backend", "precision", "mode", "memory_budget_mb", "frames", "latency_ms", "fps",
+            "megapixels_per_second", "stages", "tiles_per_frame", "backend_calls_per_frame", "buckets",
+            "gmac_per_frame", "full_path_gmac_per_frame", "mac_ratio", "executed_gmac_per_second", "branch_share",
             "branch_share_per_switch", "memory_mb", "telemetry"}
 LATENCY_KEYS = {"p50", "p90", "p99", "mean", "min", "max"}
 
@@ -54,6 +55,11 @@ def test_profile_json_keys_and_plot_for_two_backends(run_cli, small_bundle, tmp_
         assert run["latency_ms"]["p50"] <= run["latency_ms"]["p90"] <= run["latency_ms"]["p99"]
         names = [s["name"] for s in run["stages"]]
         assert names == ["tiles.extract", "main", "tiles.merge", "host"]
+        main = run["stages"][1]
+        assert run["backend_calls_per_frame"] == main["calls_per_frame"] >= 1 and run["memory_budget_mb"] == 1024
+        assert 0 < run["buckets"]["occupancy"] <= 1 and set(run["buckets"]["calls_per_frame"]) == {"main"}
+        assert run["executed_gmac_per_second"] == pytest.approx(
+            run["gmac_per_frame"] / (run["latency_ms"]["mean"] / 1000), rel=1e-2)
         for stage in run["stages"]:
             assert set(stage) == {"name", "calls_per_frame", "latency_ms", "share"}
             assert set(stage["latency_ms"]) == LATENCY_KEYS
@@ -68,10 +74,10 @@ def test_profile_json_keys_and_plot_for_two_backends(run_cli, small_bundle, tmp_
 
 
 def test_stage_times_are_the_backend_calls_that_run(small_bundle):
-    """The profiler reads the executor's own hooks: a stage made 20 ms slower shows 20 ms more,
-    with exactly the calls the executor made."""
-    restorer = Restorer(small_bundle, backend="onnxruntime", tile=32, overlap=8, batch_size=2)
-    real = restorer.executor.runner("main")
+    """The profiler reads the session's own hooks: a stage made 20 ms slower per call shows
+    20 ms more per call, with exactly the calls the session made, in the bucket sizes it used."""
+    session = Session(small_bundle, backend="onnxruntime", tile=32, overlap=8, memory_budget=64)
+    real = session.runners["main"]
     calls = []
 
     def slow(feeds):
@@ -79,13 +85,15 @@ def test_stage_times_are_the_backend_calls_that_run(small_bundle):
         time.sleep(0.02)
         return real(feeds)
 
-    restorer.executor._runners["main"] = slow
-    frame = np.random.default_rng(0).random((56, 56, 1), dtype=np.float32)  # 4 tiles of 32: 2 calls of 2
-    report = profile(restorer, frame, iterations=3, warmup=0).report
+    session.runners["main"] = slow
+    frame = (np.random.default_rng(0).random((56, 56, 1)) * 255).astype(np.uint8)  # 4 tiles of 32
+    report = profile(session, frame, iterations=3, warmup=0).report
     main = next(s for s in report["stages"] if s["name"] == "main")
-    assert len(calls) == 6 and main["calls_per_frame"] == 2
-    assert main["latency_ms"]["min"] >= 40 and report["latency_ms"]["min"] >= main["latency_ms"]["min"]
-    assert not restorer.executor.stage_hooks and not restorer.phase_hooks  # detached afterwards
+    per_frame = len(calls) / 3
+    assert main["calls_per_frame"] == per_frame and report["backend_calls_per_frame"] == per_frame
+    assert sum(int(size) * n for size, n in report["buckets"]["calls_per_frame"]["main"].items()) == sum(calls) / 3
+    assert main["latency_ms"]["min"] >= 20 * per_frame and report["latency_ms"]["min"] >= main["latency_ms"]["min"]
+    assert not session.stage_hooks and not session.phase_hooks  # detached afterwards
 
 
 @pytest.mark.parametrize("confidence, bypass", [("0", 1.0), ("1", 0.0)])

@@ -18,8 +18,7 @@ from edgerestore.models.tf1_checkpoint import read_tf1_checkpoint, read_tf1_grap
 from edgerestore.runtime import degrade, imageio, metrics
 from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.errors import EdgeRestoreError
-from edgerestore.runtime.executor import Executor
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 from edgerestore.runtime.routemap import PALETTE
 from edgerestore.runtime.tilelib import extract
 from edgerestore.runtime.tiling import TileGrid
@@ -158,11 +157,10 @@ def test_official_sets_bundle_takes_the_pytorch_actions_and_improves(model, bund
     inputs, targets, _ = load_test_set(need_shared(TEST_SETS), name)
     nchw = inputs.transpose(0, 3, 1, 2).copy()
     out, actions, _ = model.route(torch.from_numpy(nchw))
-    executor = Executor(Bundle(bundle), "onnxruntime")
-    env = executor.run({"image": nchw})
-    decided = np.stack([executor.trace.decisions[f"step{i}"] for i in range(3)], 1)
+    route = Session(bundle, backend="onnxruntime").run_rows({"image": nchw})
+    decided = np.stack([route.decisions[f"step{i}"] for i in range(3)], 1)
     np.testing.assert_array_equal(decided, actions.numpy())
-    np.testing.assert_allclose(env["image"], out.numpy(), atol=1e-4)
+    np.testing.assert_allclose(route.image, out.numpy(), atol=1e-4)
     before = np.mean([official_psnr(a, b) for a, b in zip(inputs, targets)])
     after = np.mean([official_psnr(a, b) for a, b in zip(out.numpy().transpose(0, 2, 3, 1), targets)])
     assert after > before + 2.0, (name, before, after)
@@ -183,12 +181,12 @@ def _mixed(clean: np.ndarray) -> np.ndarray:
 def test_vote_policy_matches_pytorch_vote(model, bundle):
     """Every tile of an image takes the majority action (ties to the lower index) at each step."""
     image = _mixed(_kodak("kodim05")[:100, :160]).astype(np.float32)
-    restorer = Restorer(bundle, backend="onnxruntime", route_policy="vote", batch_size=4)  # batch ignored by the vote
-    restorer.restore(image)
-    tiles = extract(np.ascontiguousarray(image), restorer.route.grid)
+    # a budget of 4 tiles: the image's tiles arrive in several chunks, the vote still takes them all
+    route = Session(bundle, backend="onnxruntime", route_policy="vote", memory_budget=64).run(image, clip=False)
+    tiles = extract(np.ascontiguousarray(image), route.grid)
     _, actions, _ = model.route(torch.from_numpy(tiles), vote=True)
     n = len(tiles)
-    decided = np.stack([restorer.route.decisions.get(f"step{i}", np.full(n, -1)) for i in range(3)], 1)
+    decided = np.stack([route.decisions.get(f"step{i}", np.full(n, -1)) for i in range(3)], 1)
     np.testing.assert_array_equal(decided, actions.numpy())
     assert all(len(set(column)) == 1 for column in decided.T)
     _, own, _ = model.route(torch.from_numpy(tiles))
@@ -294,4 +292,4 @@ def test_missing_tool_and_wrong_folder(weights_copy, run_cli, tmp_path):
 
 def test_route_policy_is_checked():
     with pytest.raises(EdgeRestoreError, match="unknown route policy 'majority'"):
-        Restorer("nonexistent", route_policy="majority")
+        Session("nonexistent", route_policy="majority")

@@ -167,7 +167,7 @@ def noisy_png(tmp_path_factory) -> Path:
 
 def test_restore_matches_the_suites_runtime(runtime_venv, small_bundle, noisy_png, tmp_path):
     from edgerestore.runtime import imageio
-    from edgerestore.runtime.restore import Restorer
+    from edgerestore.runtime.session import Session
 
     out = tmp_path / "clean.png"
     result = _edgerestore(runtime_venv, "restore", small_bundle, noisy_png, "-o", out, "--backend", "onnxruntime",
@@ -175,7 +175,7 @@ def test_restore_matches_the_suites_runtime(runtime_venv, small_bundle, noisy_pn
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert json.loads(result.stdout)["backend"] == "onnxruntime"
     image = imageio.read_image(noisy_png)
-    expected = imageio.from_float(Restorer(small_bundle, backend="onnxruntime").restore(imageio.to_float(image)), 8)
+    expected = Session(small_bundle, backend="onnxruntime").restore(image.pixels)
     restored = imageio.read_image(out)
     assert restored.pixels.shape == expected.shape == (40, 52, 1) and restored.pixels.dtype == np.uint8
     probe = "from importlib.metadata import version; print(version('onnxruntime'))"

@@ -14,7 +14,7 @@ from edgerestore.models import SRN, create_model
 from edgerestore.models.srn import resize_bilinear as torch_resize
 from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.resize import resize_bilinear
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 from conftest import demo_int8_roundtrip
 from test_int8_export import write_images
 
@@ -90,9 +90,10 @@ def test_export_is_one_scale_step_with_explicit_state(srn_bundle):
 def test_host_loop_equals_the_pytorch_model(srn_bundle, backend):
     model, out, _ = srn_bundle
     image = np.random.default_rng(1).random((40, 72, 3)).astype(np.float32)  # padded to 48x80
-    restorer = Restorer(out, backend=backend)
-    assert restorer.whole  # the bundle's default
-    got = restorer.restore(image)
+    session = Session(out, backend=backend)
+    assert session.whole  # the bundle's default
+    route = session.run(image, clip=False)
+    got = route.image
     padded = np.pad(image, ((0, 8), (0, 8), (0, 0)), mode="reflect")
     with torch.no_grad():
         expected = model(torch.from_numpy(padded).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()[:40, :72]
@@ -100,14 +101,14 @@ def test_host_loop_equals_the_pytorch_model(srn_bundle, backend):
     assert np.abs(got - expected).max() < 1e-4  # ... and the bundle's plan does exactly that
     # executed compute: the scale stage at 1/16, 1/4 and 1 of the padded image
     macs = Bundle(out).stages["scale"].macs_per_pixel * 48 * 80 * (1 / 16 + 1 / 4 + 1)
-    assert restorer.route.macs[0] == pytest.approx(macs) and restorer.route.full_macs == pytest.approx(macs)
+    assert route.macs[0] == pytest.approx(macs) and route.full_macs == pytest.approx(macs)
 
 
 def test_per_channel_variant_restores_each_plane(tmp_path):
     model = small_srn(channels=1, lstm=True, seed=2)
     write_bundle(model, "srn", tmp_path / "b")
     image = np.random.default_rng(2).random((32, 48, 3)).astype(np.float32)
-    got = Restorer(tmp_path / "b", backend="onnxruntime").restore(image)
+    got = Session(tmp_path / "b", backend="onnxruntime").run(image, clip=False).image
     with torch.no_grad():
         expected = model(torch.from_numpy(image).permute(2, 0, 1)[:, None])[:, 0].permute(1, 2, 0).numpy()
     assert np.abs(got - expected).max() < 1e-4

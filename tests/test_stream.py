@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 from edgerestore.runtime.stream import Frame, Pipeline, Skipped, StreamStats, restore_frames
 from test_bad_input import assert_clean_failure
 
@@ -44,8 +44,8 @@ def read_video(path) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def restorer(small_bundle):
-    return Restorer(small_bundle, backend="onnxruntime")
+def session(small_bundle):
+    return Session(small_bundle, backend="onnxruntime")
 
 
 def test_video_frames_keep_their_order_and_none_is_lost(run_cli, small_bundle, tmp_path):
@@ -65,24 +65,24 @@ def test_video_frames_keep_their_order_and_none_is_lost(run_cli, small_bundle, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "in.avi", "out.mp4"]  # no temporary left
 
 
-def test_api_yields_numpy_frames_in_order_to_a_slow_consumer(restorer):
+def test_api_yields_numpy_frames_in_order_to_a_slow_consumer(session):
     frames = [flat(level, channels=1)[..., 0] for level in LEVELS]  # HxW uint8 in
     out = []
-    for restored in restore_frames(restorer, frames, queue_size=2):
+    for restored in restore_frames(session, frames, queue_size=2):
         time.sleep(0.01)
         out.append(restored)
     assert all(o.shape == (48, 64) and o.dtype == np.uint8 for o in out)
     assert [frame_index(o) for o in out] == list(range(len(LEVELS)))
 
 
-def test_api_keeps_16_bit_and_alpha(restorer):
+def test_api_keeps_16_bit_and_alpha(session):
     rgba = np.dstack([flat(100, channels=3).astype(np.uint16) * 257, np.full((48, 64), 4242, np.uint16)])
-    (out,) = restore_frames(restorer, [rgba])
+    (out,) = restore_frames(session, [rgba])
     assert out.dtype == np.uint16 and out.shape == (48, 64, 4)
     assert np.array_equal(out[..., 3], rgba[..., 3]) and abs(float(out[..., :3].mean()) - 100 * 257) < 8 * 257
 
 
-def test_queues_bound_the_frames_in_flight(restorer):
+def test_queues_bound_the_frames_in_flight(session):
     pulled = 0
     lead = []
 
@@ -93,7 +93,7 @@ def test_queues_bound_the_frames_in_flight(restorer):
             yield Frame(i, flat(LEVELS[i % 16]))
 
     queue_size = 2
-    pipeline = Pipeline(restorer, queue_size=queue_size)
+    pipeline = Pipeline(session, queue_size=queue_size)
     for consumed, _ in enumerate(pipeline.run(source()), start=1):
         time.sleep(0.01)  # the consumer is the bottleneck: the reader must wait, not read ahead
         lead.append(pulled - consumed)
@@ -102,8 +102,8 @@ def test_queues_bound_the_frames_in_flight(restorer):
     assert pipeline.stats.restored == 40 and pipeline.stats.dropped == 0
 
 
-def test_realtime_drops_late_frames_for_a_slow_consumer_and_counts_them(restorer):
-    pipeline = Pipeline(restorer, queue_size=2, realtime_fps=200, paced=True)
+def test_realtime_drops_late_frames_for_a_slow_consumer_and_counts_them(session):
+    pipeline = Pipeline(session, queue_size=2, realtime_fps=200, paced=True)
     source = (Frame(i, flat(LEVELS[i % 16])) for i in range(60))
     delivered = []
     for frame in pipeline.run(source):
@@ -220,13 +220,13 @@ def test_stream_output_must_be_a_folder_or_a_video(run_cli, small_bundle, tmp_pa
                          "must be the only input")
 
 
-def test_skipped_items_from_a_source_and_stats_of_the_api(restorer):
+def test_skipped_items_from_a_source_and_stats_of_the_api(session):
     stats = StreamStats()
     source = [Frame(0, flat(LEVELS[0])), Skipped(1, "unreadable"), Frame(2, flat(LEVELS[2]))]
-    pipeline = Pipeline(restorer)
+    pipeline = Pipeline(session)
     assert [f.index for f in pipeline.run(source)] == [0, 2]
     assert [s.index for s in pipeline.stats.skipped] == [1] and pipeline.stats.corrupt == 1
-    list(restore_frames(restorer, [flat(LEVELS[0])] * 3, stats=stats))
+    list(restore_frames(session, [flat(LEVELS[0])] * 3, stats=stats))
     assert stats.restored == 3 and stats.fps > 0
     assert not [t for t in threading.enumerate() if t.name.startswith("edgerestore-")]  # threads joined
 

@@ -17,7 +17,7 @@ import pytest
 
 from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.errors import EdgeRestoreError
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 from edgerestore.runtime.tensorrt import cuda_driver, engines
 from edgerestore.runtime.tensorrt.build import build_engines
 
@@ -56,30 +56,34 @@ def image():
     return rng.random((230, 250, 1)).astype(np.float32)  # 2x2 tiles of 192/20
 
 
-def engine_of(restorer, stage="main"):
-    return restorer.executor.runner(stage).engine
+def engine_of(session, stage="main"):
+    return session.runners[stage].engine
+
+
+def restored(bundle, image, **options):
+    return Session(bundle, **options).run(image, clip=False).image
 
 
 @pytest.mark.parametrize("version", [TRT10, TRT85])
 def test_restore_through_the_backend_equals_onnxruntime(fake_gpu, bundle, image, version):
     trt, cuda = fake_gpu(version)
     build_engines(Bundle(bundle), "fp32", max_batch=3)
-    reference = Restorer(bundle, backend="onnxruntime").restore(image)
-    restorer = Restorer(bundle, backend="tensorrt", batch_size=16)
-    assert restorer.precision == "fp32"
-    np.testing.assert_array_equal(restorer.restore(image), reference)
-    assert engine_of(restorer).executions == [3, 1]  # 4 tiles, profile max 3: chunked
+    reference = restored(bundle, image, backend="onnxruntime")
+    session = Session(bundle, backend="tensorrt")
+    assert session.precision == "fp32"
+    np.testing.assert_array_equal(session.run(image, clip=False).image, reference)
+    assert engine_of(session).executions == [3, 1]  # 4 tiles in buckets no larger than the profile's max 3
     allocations = cuda.allocations
-    np.testing.assert_array_equal(restorer.restore(image), reference)
+    np.testing.assert_array_equal(session.run(image, clip=False).image, reference)
     assert cuda.allocations == allocations  # buffers of batch 3 and 1 reused
 
 
 def test_fixed_batch_engine_pads_small_batches(fake_gpu, bundle, image):
     fake_gpu(TRT10, dla_cores=1)
     build_engines(Bundle(bundle), "fp16", dla_core=0, max_batch=3)
-    restorer = Restorer(bundle, backend="tensorrt", precision="fp16", batch_size=2)
-    np.testing.assert_array_equal(restorer.restore(image), Restorer(bundle, backend="onnxruntime").restore(image))
-    assert engine_of(restorer).executions == [3, 3]  # batches of 2 padded to the engine's fixed 3
+    session = Session(bundle, backend="tensorrt", precision="fp16")
+    np.testing.assert_array_equal(session.run(image, clip=False).image, restored(bundle, image, backend="onnxruntime"))
+    assert engine_of(session).executions == [3, 3]  # the engine's fixed batch is the only bucket: 4 tiles = 3 + 1 padded
 
 
 def test_routed_bundle_reproduces_decisions_and_pixels(fake_gpu, tmp_path):
@@ -98,14 +102,15 @@ def test_routed_bundle_reproduces_decisions_and_pixels(fake_gpu, tmp_path):
     write_bundle(mixed_router(PathRestore(features=16), picture), "pathrestore", root)
     fake_gpu(TRT85)
     build_engines(Bundle(root), "fp32", max_batch=4)
-    reference = Restorer(root, backend="onnxruntime")
-    restorer = Restorer(root, backend="tensorrt")
-    np.testing.assert_array_equal(restorer.restore(picture), reference.restore(picture))
-    for name, choice in reference.route.decisions.items():
-        np.testing.assert_array_equal(restorer.route.decisions[name], choice)
-    executed = engine_of(restorer, "block0.branch").executions
-    assert sum(executed) == (reference.route.decisions["block0"] == 1).sum() and 0 < sum(executed) < len(
-        reference.route.macs)  # the branch ran on its subset of tiles only
+    reference = Session(root, backend="onnxruntime").run(picture, clip=False)
+    session = Session(root, backend="tensorrt")
+    route = session.run(picture, clip=False)
+    np.testing.assert_array_equal(route.image, reference.image)
+    for name, choice in reference.decisions.items():
+        np.testing.assert_array_equal(route.decisions[name], choice)
+    executed = engine_of(session, "block0.branch").executions
+    assert sum(executed) == (reference.decisions["block0"] == 1).sum() and 0 < sum(executed) < len(
+        reference.macs)  # the branch ran on its subset of tiles only
 
 
 def test_engines_with_plugin_layers_load_in_a_fresh_process(fake_gpu, bundle, image):
@@ -121,9 +126,9 @@ def test_engines_with_plugin_layers_load_in_a_fresh_process(fake_gpu, bundle, im
     assert trt.plugin_registrations == []
     assert trt.Runtime(None).deserialize_cuda_engine(next(bundle.glob("engines/*/*/main.fp32.engine")).read_bytes()) \
         is None
-    restorer = Restorer(bundle, backend="tensorrt")
+    session = Session(bundle, backend="tensorrt")
     assert len(trt.plugin_registrations) == 1
-    np.testing.assert_array_equal(restorer.restore(image), Restorer(bundle, backend="onnxruntime").restore(image))
+    np.testing.assert_array_equal(session.run(image, clip=False).image, restored(bundle, image, backend="onnxruntime"))
 
 
 def test_fp16_engine_of_tensorrt_11_runs_the_cast_graph(fake_gpu, bundle, image):
@@ -134,10 +139,10 @@ def test_fp16_engine_of_tensorrt_11_runs_the_cast_graph(fake_gpu, bundle, image)
     4 * 2^-11 in all."""
     fake_gpu(TRT11)
     build_engines(Bundle(bundle), "fp16", max_batch=4)
-    restorer = Restorer(bundle, backend="tensorrt", precision="fp16")
-    assert restorer.precision == "fp16"
-    out = restorer.restore(image)
-    reference = Restorer(bundle, backend="onnxruntime").restore(image)
+    session = Session(bundle, backend="tensorrt", precision="fp16")
+    assert session.precision == "fp16"
+    out = session.run(image, clip=False).image
+    reference = restored(bundle, image, backend="onnxruntime")
     assert out.dtype == reference.dtype == np.float32
     assert np.abs(out - reference).max() <= 4 * 2.0 ** -11
 
@@ -147,7 +152,7 @@ def test_engines_of_another_tensorrt_are_refused(fake_gpu, bundle):
     build_engines(Bundle(bundle), "fp16")
     fake_gpu(TRT10)  # the same bundle on a machine with TensorRT 10
     with pytest.raises(EdgeRestoreError) as err:
-        Restorer(bundle, backend="tensorrt")
+        Session(bundle, backend="tensorrt")
     message = str(err.value)
     assert "TensorRT 10.3.0.30 on 'Orin' (sm_87)" in message and "fp16 for TensorRT 8.5.2.2 on 'Orin'" in message
     assert f"edgerestore build {bundle} --tensorrt" in message
@@ -155,16 +160,16 @@ def test_engines_of_another_tensorrt_are_refused(fake_gpu, bundle):
     shutil.copytree(bundle / "engines" / "8.5.2.2", bundle / "engines" / "10.3.0.30")
     with pytest.raises(EdgeRestoreError, match="cannot run here: it was built with TensorRT 8.5.2.2 on 'Orin' "
                                                r"\(sm_87\), this machine runs TensorRT 10.3.0.30 on 'Orin'"):
-        Restorer(bundle, backend="tensorrt")
+        Session(bundle, backend="tensorrt")
 
 
 def test_tile_other_than_the_engines_is_a_clear_error(fake_gpu, bundle, image):
     fake_gpu(TRT10)
     build_engines(Bundle(bundle), "fp32", tile=96)
     with pytest.raises(EdgeRestoreError, match=r"built for 96x96 tiles: restore with --tile 96"):
-        Restorer(bundle, backend="tensorrt").restore(image)  # the manifest's default tile is 192
-    out = Restorer(bundle, backend="tensorrt", tile=96).restore(image)
-    np.testing.assert_array_equal(out, Restorer(bundle, backend="onnxruntime", tile=96).restore(image))
+        restored(bundle, image, backend="tensorrt")  # the manifest's default tile is 192
+    out = restored(bundle, image, backend="tensorrt", tile=96)
+    np.testing.assert_array_equal(out, restored(bundle, image, backend="onnxruntime", tile=96))
 
 
 def test_cuda_graphs_capture_once_per_batch_size_then_replay(fake_gpu, bundle, image, monkeypatch):
@@ -188,25 +193,25 @@ def test_cuda_graphs_capture_once_per_batch_size_then_replay(fake_gpu, bundle, i
 
     monkeypatch.setattr(backend, "CudaGraph", RecordingGraph)
     monkeypatch.setenv(backend.GRAPHS_ENV, "1")
-    restorer = Restorer(bundle, backend="tensorrt")
-    reference = Restorer(bundle, backend="onnxruntime").restore(image)
+    session = Session(bundle, backend="tensorrt")
+    reference = restored(bundle, image, backend="onnxruntime")
     for _ in range(3):
-        np.testing.assert_array_equal(restorer.restore(image), reference)
+        np.testing.assert_array_equal(session.run(image, clip=False).image, reference)
     assert len(captured) == 1  # one batch size (4 tiles): warm-up, capture, then replays
-    assert engine_of(restorer).executions == [4, 4, 4]
+    assert engine_of(session).executions == [4, 4, 4]
 
 
 def test_backend_without_tensorrt_or_pycuda(small_bundle, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(EdgeRestoreError, match="backend 'tensorrt' needs the Python package 'tensorrt'"):
-        Restorer(small_bundle, backend="tensorrt")
+        Session(small_bundle, backend="tensorrt")
     fake = fake_tensorrt(TRT10)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setitem(sys.modules, "pycuda", None)
     sys.modules.pop(BACKEND, None)
     try:
         with pytest.raises(EdgeRestoreError, match="backend 'tensorrt' needs pycuda"):
-            Restorer(small_bundle, backend="tensorrt")
+            Session(small_bundle, backend="tensorrt")
     finally:
         sys.modules.pop(BACKEND, None)
 
@@ -228,16 +233,16 @@ def psnr(a, b):
 
 def test_real_engines_match_onnxruntime(real_gpu, bundle, image):
     paths = build_engines(Bundle(bundle), "fp32", max_batch=4) + build_engines(Bundle(bundle), "fp16", max_batch=4)
-    reference = Restorer(bundle, backend="onnxruntime").restore(image)
-    fp32 = Restorer(bundle, backend="tensorrt", precision="fp32").restore(image)
-    fp16 = Restorer(bundle, backend="tensorrt", precision="fp16").restore(image)
+    reference = restored(bundle, image, backend="onnxruntime")
+    fp32 = restored(bundle, image, backend="tensorrt", precision="fp32")
+    fp16 = restored(bundle, image, backend="tensorrt", precision="fp16")
     assert psnr(fp32, reference) > 60 and psnr(fp16, reference) > 40  # fp32 may run TF32 on Ampere and newer
-    graphs = Restorer(bundle, backend="tensorrt", precision="fp32")
-    graphs.executor.runner("main").cuda_graphs = True
+    graphs = Session(bundle, backend="tensorrt", precision="fp32")
+    graphs.runners["main"].cuda_graphs = True
     for _ in range(3):
-        np.testing.assert_array_equal(graphs.restore(image), fp32)
+        np.testing.assert_array_equal(graphs.run(image, clip=False).image, fp32)
     info = json.loads(engines.info_path(paths[0]).read_text())
     info["tensorrt"] = "7.0.0.0"
     engines.info_path(paths[0]).write_text(json.dumps(info))
     with pytest.raises(EdgeRestoreError, match="it was built with TensorRT 7.0.0.0"):
-        Restorer(bundle, backend="tensorrt", precision="fp32")
+        Session(bundle, backend="tensorrt", precision="fp32")

@@ -1,5 +1,5 @@
-"""What threads share: a Restorer (refuses a second caller), stream counters, OpenVINO
-infer requests, and the process umask (never changed to read it)."""
+"""What threads share: a session (internally locked), stream counters, OpenVINO infer
+requests, and the process umask (never changed to read it)."""
 
 from __future__ import annotations
 
@@ -10,31 +10,42 @@ import threading
 import numpy as np
 import pytest
 
-from edgerestore.runtime.errors import EdgeRestoreError
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 
 
-def test_a_restorer_refuses_a_second_thread_while_it_restores(small_bundle):
-    restorer = Restorer(small_bundle, backend="onnxruntime")
-    inside, release = threading.Event(), threading.Event()
+def test_one_session_serves_several_threads_one_frame_at_a_time(small_bundle):
+    """The thread contract: a session is internally locked. Frames from several threads all
+    come back right (each its own result, as restored alone) and never run interleaved."""
+    session = Session(small_bundle, backend="onnxruntime", tile=32, overlap=8)
+    rng = np.random.default_rng(0)
+    frames = [(rng.random((48 + 8 * k, 56, 1)) * 255).astype(np.uint8) for k in range(4)]
+    alone = [session.restore(frame) for frame in frames]
+    inside, overlap = [0], []
 
-    def hold(*_):  # the first call waits inside its first stage call
-        inside.set()
-        assert release.wait(30)
+    def stage(*_):  # runs inside a frame; two frames at once would see each other here
+        inside[0] += 1
+        overlap.append(inside[0])
+        inside[0] -= 1
 
-    restorer.executor.stage_hooks.append(hold)
-    image = np.random.default_rng(0).random((40, 40, 1), dtype=np.float32)
-    results = []
-    first = threading.Thread(target=lambda: results.append(restorer.restore(image)))
-    first.start()
-    assert inside.wait(30)
-    with pytest.raises(EdgeRestoreError, match="another thread.*one per thread"):
-        restorer.restore(image)
-    release.set()
-    first.join(30)
-    assert len(results) == 1 and results[0].shape == image.shape
-    restorer.executor.stage_hooks.clear()
-    np.testing.assert_array_equal(restorer.restore(image), results[0])  # usable again, same result
+    session.stage_hooks.append(stage)
+    results, failures = {}, []
+
+    def work(k):
+        try:
+            for _ in range(3):
+                results.setdefault(k, []).append(session.restore(frames[k]))
+        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            failures.append(err)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures, failures
+    assert max(overlap) == 1
+    for k, outs in results.items():
+        assert len(outs) == 3 and all(np.array_equal(out, alone[k]) for out in outs)
 
 
 def test_stream_counters_add_up_across_threads():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from edgerestore.runtime.errors import EdgeRestoreError
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 from edgerestore.runtime.tilelib import extract, merge
 from edgerestore.runtime.tiling import TileGrid, axis_origins
 from tile_reference import ref_axis_weights
@@ -42,14 +42,14 @@ def test_small_image_and_bad_geometry_are_clear_errors():
 
 def test_tiled_equals_whole_for_a_network_within_its_halo(small_bundle):
     image = np.random.default_rng(1).random((150, 170, 1), dtype=np.float32)
-    whole = Restorer(small_bundle, backend="onnxruntime", whole=True).restore(image)
-    tiled = Restorer(small_bundle, backend="onnxruntime", tile=48, overlap=20).restore(image)
+    whole = Session(small_bundle, backend="onnxruntime", whole=True).run(image, clip=False).image
+    tiled = Session(small_bundle, backend="onnxruntime", tile=48, overlap=20).run(image, clip=False).image
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
 
 
 def test_gray_model_restores_color_planes_separately(small_bundle):
     rgb = np.random.default_rng(2).random((64, 64, 3), dtype=np.float32)
-    restorer = Restorer(small_bundle, backend="onnxruntime", whole=True)
-    out = restorer.restore(rgb)
+    session = Session(small_bundle, backend="onnxruntime", whole=True)
+    out = session.run(rgb, clip=False).image
     assert out.shape == rgb.shape
-    np.testing.assert_allclose(out[..., 1:2], restorer.restore(rgb[..., 1:2]), atol=1e-6)
+    np.testing.assert_allclose(out[..., 1:2], session.run(rgb[..., 1:2], clip=False).image, atol=1e-6)

@@ -19,6 +19,9 @@ from ..optional import PACKAGES, missing
 
 
 class StageRunner(Protocol):
+    """``runner(feeds)`` runs a batch; the arrays it returns belong to the caller (the runner
+    does not reuse them on its next call)."""
+
     input_names: list[str]
     output_names: list[str]
 
@@ -82,13 +85,14 @@ def load_stage(name: str, path: Path) -> StageRunner:
     return loader(name)(Path(path))
 
 
-def open_stage(name: str, bundle: Bundle, stage: str, precision: str) -> StageRunner:
+def open_stage(name: str, bundle: Bundle, stage: str, precision: str, threads: int | None = None) -> StageRunner:
     """A runner for ``stage`` of ``bundle`` at ``precision``: the stage file for CPU
-    backends, the engine built for this device for device backends."""
+    backends, the engine built for this device for device backends. ``threads``: the
+    backend's threads for one call (None: its default)."""
     module = _module(name)
     if hasattr(module, "load_from_bundle"):
         return module.load_from_bundle(bundle, stage, precision)
-    return module.load(bundle.stage_path(stage, precision))
+    return module.load(bundle.stage_path(stage, precision), threads=threads)
 
 
 def precisions(name: str, bundle: Bundle) -> list[str]:

@@ -1,7 +1,17 @@
-"""ONNX Runtime, CPU execution provider."""
+"""ONNX Runtime, CPU execution provider.
+
+A plan has many stages (15 for Path-Restore), each an InferenceSession. Left to itself each
+session keeps its own memory arena at the peak of its largest batch; here they share one
+arena, registered with ONNX Runtime's environment and used by every stage session through
+``session.use_env_allocators``, so memory is that of the largest stage call, not the sum
+over stages. Thread pools stay per session, with spinning off (an idle pool sleeps):
+ONNX Runtime's global pools would require every session of the process to opt in,
+including those its quantization tool creates during ``export --int8``.
+"""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +26,29 @@ from ..errors import EdgeRestoreError
 SPINNING = "0"
 
 
+_arena_registered = False
+_arena_lock = threading.Lock()
+
+
+def _share_arena() -> None:
+    """The arena every stage session allocates from, registered once per process."""
+    global _arena_registered
+    with _arena_lock:
+        if not _arena_registered:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            # arena_extend_strategy 1 (kSameAsRequested): grow by what a call needs, not by doubling
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+            _arena_registered = True
+
+
 class OrtStage:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int | None = None):
+        _share_arena()
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        options.add_session_config_entry("session.use_env_allocators", "1")
         options.add_session_config_entry("session.intra_op.allow_spinning", SPINNING)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -37,5 +66,5 @@ def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
 
 
-def load(path: Path) -> OrtStage:
-    return OrtStage(path)
+def load(path: Path, threads: int | None = None) -> OrtStage:
+    return OrtStage(path, threads)

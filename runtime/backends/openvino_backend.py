@@ -28,11 +28,14 @@ def _get_core() -> ov.Core:
 
 
 class OpenVinoStage:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int | None = None):
         core = _get_core()
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
             model = core.read_model(str(path))
-            self.compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+            self.compiled = core.compile_model(model, "CPU", config)
         except Exception as err:
             message = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             raise EdgeRestoreError(f"openvino cannot load '{path}': {message}") from None
@@ -50,5 +53,5 @@ class OpenVinoStage:
             return {name: np.array(results[port]) for name, port in zip(self.output_names, self.compiled.outputs)}
 
 
-def load(path: Path) -> OpenVinoStage:
-    return OpenVinoStage(path)
+def load(path: Path, threads: int | None = None) -> OpenVinoStage:
+    return OpenVinoStage(path, threads)

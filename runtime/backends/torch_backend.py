@@ -165,5 +165,5 @@ class TorchStage:
         return {name: values[name].numpy() for name in self.output_names}
 
 
-def load(path: Path) -> TorchStage:
+def load(path: Path, threads: int | None = None) -> TorchStage:
     return TorchStage(path)
