@@ -40,7 +40,7 @@ from edgerestore.export import write_bundle
 from edgerestore.models import RestorationModel, create_model
 from edgerestore.models.allinone import KINDS
 from edgerestore.runtime import degrade, imageio, metrics
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 
 MIN_ACCURACY = 0.95
 MAX_INT8_DROP = 0.15
@@ -82,7 +82,7 @@ def bundle_bytes(path: Path) -> int:
 SPECS = [(d, kind.evaluation) for d, kind in KINDS.items()] + [("noise", "gaussian:15")]
 
 
-def evaluate(restorers: dict[str, Restorer], per_image: str, per_tile: str, sets: list[str],
+def evaluate(sessions: dict[str, Session], per_image: str, per_tile: str, sets: list[str],
              images: int | None) -> dict:
     """(set, spec) -> variant -> per-image PSNRs; routing hits of the ``per_tile`` variant per
     tile and of the ``per_image`` one per image (the classifier is the same at every q)."""
@@ -97,14 +97,14 @@ def evaluate(restorers: dict[str, Restorer], per_image: str, per_tile: str, sets
                 degraded = degrade.parse(spec).apply(clean)
                 truth = imageio.from_float(clean, 8)
                 row["input"].append(metrics.psnr(imageio.from_float(degraded, 8), truth))
-                for variant, restorer in restorers.items():
-                    out = restorer.restore(degraded.astype(np.float32))
-                    row.setdefault(variant, []).append(metrics.psnr(imageio.from_float(out, 8), truth))
+                for variant, session in sessions.items():
+                    result = session.run(degraded.astype(np.float32))
+                    row.setdefault(variant, []).append(metrics.psnr(imageio.from_float(result.image, 8), truth))
                     hits = {per_tile: "tile_hits", per_image: "image_hits"}.get(variant)
                     if hits:
-                        row[hits].append(float((restorer.route.decisions["degradation"] == index).mean()))
+                        row[hits].append(float((result.decisions["degradation"] == index).mean()))
                 print(f"  {set_name} {spec} {path.name}: " + ", ".join(
-                    f"{v} {row[v][-1]:.2f}" for v in ["input", *restorers]), file=sys.stderr, flush=True)
+                    f"{v} {row[v][-1]:.2f}" for v in ["input", *sessions]), file=sys.stderr, flush=True)
     return results
 
 
@@ -129,10 +129,10 @@ def main() -> int:
     bundles = {"UM": export(Unified(base), "unified", root)}
     for q in qs:
         bundles[f"q={q:g}% per image"] = export(create_model("allinone", weights=args.weights, q=q), f"q{q:g}", root)
-    restorers = {name: Restorer(path, backend=args.backend, precision="fp32", whole=True)
-                 for name, path in bundles.items()}
+    sessions = {name: Session(path, backend=args.backend, precision="fp32", whole=True)
+                for name, path in bundles.items()}
     deployed = f"q={base.q:g}% per tile"
-    restorers[deployed] = Restorer(bundles[f"q={base.q:g}% per image"], backend=args.backend, precision="fp32")
+    sessions[deployed] = Session(bundles[f"q={base.q:g}% per image"], backend=args.backend, precision="fp32")
     calibration = None
     if not args.no_int8:
         from edgerestore.calibration import FolderSplit, Int8Options
@@ -143,10 +143,10 @@ def main() -> int:
               file=sys.stderr, flush=True)
         int8_bundle = export(base, "int8", root, int8=Int8Options(split, max_drop=args.max_drop))
         calibration = json.loads((int8_bundle / "calibration.json").read_text())
-        restorers[f"INT8 {deployed}"] = Restorer(int8_bundle, backend=args.backend, precision="int8")
-    results = evaluate(restorers, f"q={base.q:g}% per image", deployed, sets, args.images)
-    ok = report(base, results, list(restorers), deployed, qs, bundles, calibration)
-    tiles = restorers[deployed].tiles
+        sessions[f"INT8 {deployed}"] = Session(int8_bundle, backend=args.backend, precision="int8")
+    results = evaluate(sessions, f"q={base.q:g}% per image", deployed, sets, args.images)
+    ok = report(base, results, list(sessions), deployed, qs, bundles, calibration)
+    tiles = sessions[deployed].tiles
     print(f"\n{time.perf_counter() - start:.0f} s; {args.backend}, {os.cpu_count()} CPU cores, per-tile rows on "
           f"tiles {tiles.tile}/{tiles.overlap}")
     return 0 if ok else 1

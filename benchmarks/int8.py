@@ -23,7 +23,7 @@ import numpy as np
 
 from _common import SHARED
 from edgerestore.runtime import backends, degrade, imageio
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 
 LIMIT = 0.5
 
@@ -50,12 +50,12 @@ def test_image() -> np.ndarray:
     return degrade.parse("gaussian:25").apply(clean).astype(np.float32)
 
 
-def best_time(restorer: Restorer, image: np.ndarray, repeats: int) -> float:
-    restorer.restore(image)  # warm-up: first calls allocate and compile
+def best_time(session: Session, image: np.ndarray, repeats: int) -> float:
+    session.restore(image)  # warm-up: first calls allocate and compile
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        restorer.restore(image)
+        session.restore(image)
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -74,7 +74,7 @@ def main() -> int:
             print(f"{backend}: not installed")
             continue
         for precision in ("fp32", "int8"):
-            rows[backend, precision] = best_time(Restorer(bundle, backend=backend, precision=precision, whole=True),
+            rows[backend, precision] = best_time(Session(bundle, backend=backend, precision=precision, whole=True),
                                                  image, args.repeats)
 
     print(f"DnCNN {image.shape[1]}x{image.shape[0]} whole image, best of {args.repeats}, bundle {bundle}")

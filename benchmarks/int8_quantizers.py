@@ -29,8 +29,8 @@ from edgerestore.export import export_bundle
 from edgerestore.runtime import degrade, imageio
 from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.evaluate import evaluate
-from edgerestore.runtime.restore import Restorer
 from edgerestore.runtime.schema import file_sha256, write_manifest
+from edgerestore.runtime.session import Session
 
 WEIGHTS = SHARED / "weights" / "dncnn_25_kair_state_dict.pth"
 SET12 = SHARED / "data" / "Set12"
@@ -39,12 +39,12 @@ BACKENDS = ("onnxruntime", "openvino")
 
 
 def latency(bundle: Path, backend: str, precision: str, image: np.ndarray, repeats: int) -> float:
-    restorer = Restorer(bundle, backend=backend, precision=precision, whole=True)
-    restorer.restore(image)  # warm-up
+    session = Session(bundle, backend=backend, precision=precision, whole=True)
+    session.restore(image)  # warm-up
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        restorer.restore(image)
+        session.restore(image)
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -105,14 +105,14 @@ def main() -> int:
             print("nncf not installed: its row is left out")
 
     scored = args.psnr_backend
-    fp32 = evaluate(Restorer(base, backend=scored, precision="fp32"), SET12, "gaussian:25").psnr
+    fp32 = evaluate(Session(base, backend=scored, precision="fp32"), SET12, "gaussian:25").psnr
     fp32_time = {b: latency(base, b, "fp32", image, args.repeats) for b in BACKENDS}
     print(f"DnCNN-S sigma=25 (KAIR), Set12 gaussian:25, FP32 {fp32:.4f} dB ({scored}); 512x512 FP32 latency: "
           + ", ".join(f"{b} {fp32_time[b]:.3f} s" for b in BACKENDS))
     print(f"{'quantizer':<42} {'calib s':>7} {'INT8 dB':>8} {'drop':>6} "
           + " ".join(f"{b + ' int8/fp32':>22}" for b in BACKENDS))
     for name, bundle, seconds in variants:
-        psnr = evaluate(Restorer(bundle, backend=scored, precision="int8"), SET12, "gaussian:25").psnr
+        psnr = evaluate(Session(bundle, backend=scored, precision="int8"), SET12, "gaussian:25").psnr
         ratios = [latency(bundle, b, "int8", image, args.repeats) / fp32_time[b] for b in BACKENDS]
         print(f"{name:<42} {seconds:>7.1f} {psnr:>8.4f} {fp32 - psnr:>6.3f} "
               + " ".join(f"{r:>22.2f}" for r in ratios), flush=True)

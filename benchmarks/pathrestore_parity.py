@@ -17,36 +17,35 @@ import torch
 from edgerestore.models import create_model
 from _common import SHARED, bundle_or_shipped
 from edgerestore.runtime import degrade, imageio
-from edgerestore.runtime.bundle import Bundle
-from edgerestore.runtime.executor import Executor
+from edgerestore.runtime.session import Session
 from edgerestore.runtime.tilelib import extract
 from edgerestore.runtime.tiling import TileGrid
 
 
 
-def compare(model, executor: Executor, image: np.ndarray, chunk: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def compare(model, session: Session, image: np.ndarray, chunk: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (agreement per tile and block, bundle tiles, torch tiles)."""
     tiles = extract(image.astype(np.float32), TileGrid(*image.shape[:2], 63, 10))
     agree, ours, theirs = [], [], []
     for start in range(0, len(tiles), chunk):
         batch = tiles[start:start + chunk]
-        env = executor.run({"image": batch})
-        decisions = np.stack([executor.trace.decisions[f"block{i}"] for i in range(model.blocks)], 1)
+        result = session.run_rows({"image": batch})
+        decisions = np.stack([result.decisions[f"block{i}"] for i in range(model.blocks)], 1)
         with torch.no_grad():
             expected, actions, _ = model.route(torch.from_numpy(batch))
         agree.append(decisions == actions.numpy())
-        ours.append(env["image"])
+        ours.append(result.image)
         theirs.append(expected.numpy())
     return np.concatenate(agree), np.concatenate(ours), np.concatenate(theirs)
 
 
 def run(bundle: Path, weights: Path | None, images: list[Path], spec: str, backend: str) -> dict:
     model = create_model("pathrestore", weights=weights)
-    executor = Executor(Bundle(bundle), backend)
+    session = Session(bundle, backend=backend)
     agree, errors = [], []
     for path in images:
         clean = imageio.to_float(imageio.read_image(path)).astype(np.float64)
-        a, ours, theirs = compare(model, executor, degrade.parse(spec).apply(clean))
+        a, ours, theirs = compare(model, session, degrade.parse(spec).apply(clean))
         agree.append(a)
         same = a.all(1)
         if same.any():

@@ -18,7 +18,7 @@ import numpy as np
 from _common import SHARED, bundle_or_shipped
 from edgerestore.runtime import degrade, imageio, metrics
 from edgerestore.runtime.evaluate import evaluate
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Session
 
 SPECS = "gaussian:15,gaussian:25,gaussian:50,gaussian-ramp:5-50,gaussian-peaks:5-50"
 
@@ -43,13 +43,13 @@ def main() -> int:
     parser.add_argument("--nlm-h", default="8,12,16,20", help="NLM filter strengths swept on McMaster sigma 25")
     args = parser.parse_args()
     bundle = bundle_or_shipped(args.bundle)
-    restorer = Restorer(bundle, backend=args.backend)
+    session = Session(bundle, backend=args.backend)
     print("| set | noise | input PSNR | PSNR | SSIM | blocks bypassed | GMAC/image (full path) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     results = {}
     for name in args.sets.split(","):
         for spec in args.specs.split(","):
-            r = evaluate(restorer, SHARED / "data" / name, spec)
+            r = evaluate(session, SHARED / "data" / name, spec)
             results[(name, spec)] = r.psnr
             print(f"| {name} | {spec} | {r.input_psnr:.2f} | {r.psnr:.2f} | {r.ssim:.4f} | {r.bypass_share:.1%} | "
                   f"{r.gmac:.1f} ({r.full_gmac:.1f}) |", flush=True)

@@ -31,10 +31,8 @@ from _common import SHARED
 from edgerestore.models import create_model
 from edgerestore.models.rlrestore import STEPS, load_test_set, official_psnr
 from edgerestore.runtime import degrade, imageio, metrics
-from edgerestore.runtime.bundle import Bundle
-from edgerestore.runtime.executor import Executor
-from edgerestore.runtime.restore import Restorer
 from edgerestore.runtime.routemap import chains, route_map
+from edgerestore.runtime.session import Session
 
 SETS = ("mild", "moderate", "severe")
 
@@ -45,7 +43,7 @@ def uint8_psnr(output: np.ndarray, target: np.ndarray) -> float:
 
 
 def official_sets(model, bundle: Path, backend: str) -> bool:
-    executor = Executor(Bundle(bundle), backend)
+    session = Session(bundle, backend=backend)
     print("| set | patches | input PSNR | PyTorch PSNR | bundle PSNR | uint8: input / PyTorch / bundle | "
           "same actions | chains (PyTorch) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -55,9 +53,9 @@ def official_sets(model, bundle: Path, backend: str) -> bool:
         with torch.no_grad():
             out, actions, _ = model.route(torch.from_numpy(inputs.transpose(0, 3, 1, 2).copy()))
         ours = out.numpy().transpose(0, 2, 3, 1)
-        env = executor.run({"image": inputs.transpose(0, 3, 1, 2).copy()})
-        theirs = env["image"].transpose(0, 2, 3, 1)
-        decided = np.stack([executor.trace.decisions.get(f"step{i}", np.full(len(inputs), -1))
+        result = session.run_rows({"image": inputs.transpose(0, 3, 1, 2).copy()})
+        theirs = result.image.transpose(0, 2, 3, 1)
+        decided = np.stack([result.decisions.get(f"step{i}", np.full(len(inputs), -1))
                             for i in range(STEPS)], 1)
         same = int((decided == actions.numpy()).all(1).sum())
         scores = [np.mean([official_psnr(a, b) for a, b in zip(x, targets)]) for x in (inputs, ours, theirs)]
@@ -95,21 +93,21 @@ def mixed(bundle: Path, backend: str, image: str, noise: str, blur: str, overlap
     psnr = {}
     for overlap in overlaps:
         for policy in ("tile", "vote"):
-            restorer = Restorer(bundle, backend=backend, overlap=overlap, route_policy=policy, batch_size=64)
-            restored = restorer.restore(degraded.astype(np.float32))
+            session = Session(bundle, backend=backend, overlap=overlap, route_policy=policy)
+            record = session.run(degraded.astype(np.float32))
+            restored = record.image
             psnr[(overlap, policy)] = metrics.psnr(imageio.from_float(restored, 8), truth)
-            record = restorer.route
-            labels = chains(record, restorer.bundle.plan)
+            labels = chains(record, session.bundle.plan)
             grid = record.grid
             centres = [ox + grid.tile // 2 for _ in grid.origins_y for ox in grid.origins_x]
             sides = [Counter(c for c, x in zip(labels, centres) if (x < half) == left) for left in (True, False)]
             top = [", ".join(f"{c} x{n}" for c, n in side.most_common(3)) for side in sides]
-            print(f"| {policy} | 63/{overlap} | {scores(restored)} | {restorer.seconds:.1f} | {top[0]} | {top[1]} |",
+            print(f"| {policy} | 63/{overlap} | {scores(restored)} | {record.seconds:.1f} | {top[0]} | {top[1]} |",
                   flush=True)
             stem = f"{image}_{policy}_overlap{overlap}"
             imageio.write_image(out / f"{stem}.png", imageio.from_float(restored, 8))
             imageio.write_image(out / f"{stem}_route.png", route_map(imageio.from_float(degraded, 8), record,
-                                                                     restorer.bundle.plan))
+                                                                     session.bundle.plan))
     print(f"route maps and outputs in {out}")
     return all(psnr[(o, "tile")] > psnr[(o, "vote")] for o in overlaps)
 

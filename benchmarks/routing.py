@@ -21,7 +21,7 @@ import numpy as np
 
 from _common import SHARED, bundle_or_shipped
 from edgerestore.runtime import degrade, imageio, metrics
-from edgerestore.runtime.restore import Restorer
+from edgerestore.runtime.session import Result, Session
 
 
 
@@ -34,13 +34,13 @@ def default_image() -> np.ndarray:
     return data.astronaut().astype(np.float64) / 255.0
 
 
-def timed(restorer: Restorer, noisy: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
-    best, out = float("inf"), None
+def timed(session: Session, noisy: np.ndarray, repeats: int) -> tuple[float, Result]:
+    best, result = float("inf"), None
     for _ in range(repeats):
         start = time.perf_counter()
-        out = restorer.restore(noisy)
+        result = session.run(noisy)
         best = min(best, time.perf_counter() - start)
-    return best, out
+    return best, result
 
 
 def main() -> int:
@@ -55,18 +55,17 @@ def main() -> int:
 
     bundle = bundle_or_shipped(args.bundle)
     clean = (imageio.to_float(imageio.read_image(args.image)).astype(np.float64) if args.image else default_image())
-    noisy = degrade.parse(args.noise).apply(clean)
+    noisy = degrade.parse(args.noise).apply(clean).astype(np.float32)
     truth = imageio.from_float(clean, 8)
 
     rows = []
     for confidence in [float(c) for c in args.confidences.split(",")]:
-        restorer = Restorer(bundle, backend=args.backend, min_confidence=confidence)
-        timed(restorer, noisy, 1)  # warm-up: first calls allocate
-        seconds, out = timed(restorer, noisy, args.repeats)
-        route = restorer.route
+        session = Session(bundle, backend=args.backend, min_confidence=confidence)
+        timed(session, noisy, 1)  # warm-up: first calls allocate
+        seconds, route = timed(session, noisy, args.repeats)
         rows.append({"min_confidence": confidence, "seconds": seconds, "mac_ratio": route.mac_ratio,
-                     "gmac": route.macs.sum() / 1e9, "bypass": route.cheap_share(restorer.bundle.plan),
-                     "psnr": metrics.psnr(imageio.from_float(out, 8), truth)})
+                     "gmac": route.gmac, "bypass": route.cheap_share(session.bundle.plan),
+                     "psnr": metrics.psnr(imageio.from_float(route.image, 8), truth)})
 
     print(f"Path-Restore, {args.backend}, {clean.shape[1]}x{clean.shape[0]}, noise {args.noise}, "
           f"best of {args.repeats}")

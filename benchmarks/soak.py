@@ -79,7 +79,8 @@ def main() -> int:
     parser.add_argument("--early", type=int, default=30, help="the checkpoint the last frame is compared with")
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--backend", default="onnxruntime")
-    parser.add_argument("--batch", type=int, default=512, help="tiles per backend call")
+    parser.add_argument("--memory-budget", type=float, default=None, metavar="MB",
+                        help="the session's memory budget for frames (default: the runtime's, as the CLI's)")
     parser.add_argument("--queue", type=int, default=4)
     parser.add_argument("--tolerance", type=float, default=0.05)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the videos here (default: a temp dir)")
@@ -87,7 +88,8 @@ def main() -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
 
     from edgerestore.runtime.atomic import atomic_file
-    from edgerestore.runtime.restore import Restorer
+    from edgerestore.runtime.budget import DEFAULT_BUDGET_MB
+    from edgerestore.runtime.session import Session
     from edgerestore.runtime.stream import Pipeline
     from edgerestore.runtime.video import CaptureSource, VideoSink
 
@@ -99,13 +101,14 @@ def main() -> int:
     print(f"test video: {args.frames} frames {width}x{height} -> {source_path} ({time.perf_counter() - start:.1f} s)")
 
     bundle = bundle_or_shipped(args.bundle)
-    restorer = Restorer(bundle, backend=args.backend, batch_size=args.batch)
+    budget = DEFAULT_BUDGET_MB if args.memory_budget is None else args.memory_budget
+    session = Session(bundle, backend=args.backend, memory_budget=budget)
     process = psutil.Process()
     rss: dict[int, int] = {}
     order: list[int] = []
     notices: list[str] = []
     source = CaptureSource(str(source_path))
-    pipeline = Pipeline(restorer, args.queue, on_notice=lambda kind, line: notices.append(line))
+    pipeline = Pipeline(session, args.queue, on_notice=lambda kind, line: notices.append(line))
     start = time.perf_counter()
     with atomic_file(output_path) as tmp:
         sink = VideoSink(tmp, output_path, source.fps or 30, lambda kind, line: notices.append(line))
@@ -136,7 +139,7 @@ def main() -> int:
     memory_ok = abs(ratio - 1.0) <= args.tolerance
     order_ok = order == expected and decoded == expected
     stats = pipeline.stats
-    print(f"backend {restorer.backend} {restorer.precision}, batch {args.batch}, queue {args.queue}: "
+    print(f"backend {session.backend} {session.precision}, memory budget {budget:g} MB, queue {args.queue}: "
           f"{len(order)} frames in {seconds:.1f} s ({len(order) / seconds:.3f} fps), "
           f"{stats.executed_macs / max(stats.full_macs, 1):.0%} of the full path's MACs")
     print(f"rss after frame {args.early}: {early / 2**20:.1f} MiB; after frame {args.frames}: {last / 2**20:.1f} MiB; "

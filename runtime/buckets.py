@@ -86,12 +86,29 @@ class BucketStats:
         return self.rows / total if total else 1.0
 
 
+class BufferPool:
+    """Input buffers by batch size and shape, shared by every stage of a session: stages run
+    one call at a time, and the twelve block stages of a Path-Restore all take the same
+    64-channel tiles, so one set of buffers serves them all."""
+
+    def __init__(self, xp: Any = np):
+        self.xp = xp
+        self._buffers: dict[tuple, Any] = {}
+
+    def get(self, size: int, position: int, like: Any) -> Any:
+        key = (size, position, tuple(like.shape[1:]), like.dtype.str)
+        if key not in self._buffers:
+            self._buffers[key] = self.xp.zeros((size, *like.shape[1:]), dtype=like.dtype)
+        return self._buffers[key]
+
+
 class BucketedStage:
     def __init__(self, name: str, runner: StageRunner, sizes: tuple[int, ...], row_macs: float = 0.0,
-                 xp: Any = np):
-        self.name, self.runner, self.sizes, self.xp = name, runner, sizes, xp
+                 pool: BufferPool | None = None):
+        self.name, self.runner, self.sizes = name, runner, sizes
+        self.pool = pool or BufferPool()
+        self.xp = self.pool.xp
         self.pad_rows = int(PAD_MACS // row_macs) if row_macs > 0 else sizes[0]
-        self._buffers: dict[tuple, dict[str, Any]] = {}  # by bucket size and input shapes
         self.stats = BucketStats()
 
     def run(self, queue: list[Queued], rows: int, hooks: list[StageHook]) -> list[Queued]:
@@ -120,12 +137,8 @@ class BucketedStage:
         call = first.request.call
         if len(pieces) == 1 and size == real and call.rows is None:  # one contiguous run: no copy
             return {port: value[first.start:first.stop] for port, value in call.feeds.items()}
-        # A stage inside a loop runs at each scale of a pyramid: one set of buffers per shape.
-        key = (size, *((port, value.shape[1:], value.dtype.str) for port, value in call.feeds.items()))
-        buffers = self._buffers.get(key)
-        if buffers is None:
-            buffers = self._buffers[key] = {port: self.xp.zeros((size, *value.shape[1:]), dtype=value.dtype)
-                                            for port, value in call.feeds.items()}
+        # by shape too: a stage inside a loop runs at each scale of a pyramid
+        buffers = {port: self.pool.get(size, i, value) for i, (port, value) in enumerate(call.feeds.items())}
         offset = 0
         for piece in pieces:
             rows = piece.request.call.rows

@@ -29,7 +29,10 @@ MB = 1 << 20
 DEFAULT_BUDGET_MB = 1024  # fits beside the GPU's share of an 8 GB Jetson
 MIN_BUDGET_MB = 64
 MAX_BUCKET = 128  # beyond this a 2-core CPU gains nothing per tile (README: runtime benchmark)
-ACTIVATION_SHARE = 0.4  # of the budget: one stage call's activations and its bucket buffers
+ACTIVATION_SHARE = 0.4  # of the budget: the stages' activations and their bucket buffers
+# Measured (README, "The runtime"): OpenVINO and ONNX Runtime hold 1.5-2.2x the liveness
+# estimate of export/activations.py per tile of a call (padded layouts, reorders, copies).
+ACTIVATION_FACTOR = 2.0
 FLOAT32 = 4
 
 
@@ -46,17 +49,27 @@ class MemoryPlan:
                 "bucket_sizes": {stage: list(sizes) for stage, sizes in self.bucket_sizes.items()}}
 
 
-def plan_memory(bundle: Bundle, budget_mb: float, height: int, width: int | None = None) -> MemoryPlan:
-    """The plan for rows of ``height`` x ``width`` pixels (a tile: width = height)."""
+def plan_memory(bundle: Bundle, budget_mb: float, height: int, width: int | None = None,
+                shared: bool = True) -> MemoryPlan:
+    """The plan for rows of ``height`` x ``width`` pixels (a tile: width = height). ``shared``:
+    the backend's stages take their activations from one pool, so only the largest call
+    counts (ONNX Runtime's shared arena); otherwise every stage keeps its own (OpenVINO's
+    infer requests, TensorRT's buffers) and the stages' batches share the room."""
     if not budget_mb >= MIN_BUDGET_MB:
         raise EdgeRestoreError(f"--memory-budget must be at least {MIN_BUDGET_MB} MB, got {budget_mb:g}")
     width = height if width is None else width
     budget = int(budget_mb * MB)
     pixels = height * width
-    sizes = {name: bucket_sizes(stage_row_bytes(bundle, name, pixels), budget * ACTIVATION_SHARE)
-             for name in bundle.stages}
+    rows = {name: stage_row_bytes(bundle, name, pixels) for name in bundle.stages}
+    room = budget * ACTIVATION_SHARE
+    if shared:
+        sizes = {name: bucket_sizes(row_bytes, room) for name, row_bytes in rows.items()}
+        activations = max((rows[name] * sizes[name][0] for name in rows), default=0)
+    else:  # one batch size that every stage can hold at once
+        common = bucket_sizes(sum(rows.values()), room)
+        sizes = dict.fromkeys(rows, common)
+        activations = common[0] * sum(rows.values())
     row = variable_row_bytes(bundle, height, width)
-    activations = max((stage_row_bytes(bundle, name, pixels) * sizes[name][0] for name in bundle.stages), default=0)
     max_rows = max(1, int((budget - activations) // max(row, 1)))
     return MemoryPlan(budget, height, sizes, row, max_rows)
 
@@ -66,7 +79,7 @@ def stage_row_bytes(bundle: Bundle, stage: str, pixels: int) -> int:
     gathered into and out of the bucket buffers."""
     spec = bundle.stages[stage]
     io = sum(_tensor_bytes(t.shape, pixels) for t in (*spec.inputs, *spec.outputs))
-    return int(spec.activation_bytes_per_pixel * pixels) + io
+    return int(ACTIVATION_FACTOR * spec.activation_bytes_per_pixel * pixels) + io
 
 
 def bucket_sizes(row_bytes: int, room: float) -> tuple[int, ...]:
@@ -101,7 +114,8 @@ def variable_row_bytes(bundle: Bundle, height: int, width: int) -> int:
         for n in spec["shape"]:
             values *= n
         sizes.setdefault(name, values * (pixels if "like" in spec else 1) * FLOAT32)
-    return sum(sizes.values())
+    # a stage's answer waits beside the variable it will overwrite: the largest one, twice
+    return sum(sizes.values()) + max(sizes.values())
 
 
 def _tensor_bytes(shape: list[int | None], pixels: int) -> int:

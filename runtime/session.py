@@ -30,7 +30,7 @@ import numpy as np
 
 from . import backends, frames
 from .budget import DEFAULT_BUDGET_MB, MemoryPlan, plan_memory, stage_row_bytes
-from .buckets import BucketedStage, StageHook
+from .buckets import BucketedStage, BufferPool, StageHook
 from .bundle import Bundle
 from .errors import EdgeRestoreError
 from .executor import PlanContext, RoutePolicy, full_path_macs, switches
@@ -116,14 +116,17 @@ class Session:
             raise EdgeRestoreError(f"bundle '{self.bundle.root}' has no {self.precision} stages "
                                    f"(has: {', '.join(available) or 'none'})")
         self.memory_budget = float(memory_budget)
+        plan_memory(self.bundle, self.memory_budget, 1)  # a budget below the minimum fails here, not at a frame
         self.route_policy = route_policy
         policy = RoutePolicy(min_confidence, vote=route_policy in ("vote", "soft-vote"),
                              blend=SOFT_BRANCHES if route_policy.startswith("soft") else 1)
         self.context = PlanContext(self.bundle, policy)
         self.tiles, self.whole = _tile_settings(self.bundle, tile, overlap, whole)
+        self._whole_asked = bool(whole)  # --whole: an image that does not fit is an error, not tiles
         self._runners = {name: backends.open_stage(self.backend, self.bundle, name, self.precision, threads=threads)
                          for name in self.bundle.stages}
         self._stages: dict[tuple[int, int], dict[str, BucketedStage]] = {}  # by row size (H, W)
+        self._buffers = BufferPool()
         self._plans: dict[tuple[int, int], MemoryPlan] = {}
         # Around every backend call, switch decision and tile-library call of the frames this
         # session restores: the profiler, the calibration capture and route maps see what runs.
@@ -183,7 +186,8 @@ class Session:
     def memory_plan(self, height: int, width: int | None = None) -> MemoryPlan:
         size = (height, height if width is None else width)
         if size not in self._plans:
-            self._plans[size] = plan_memory(self.bundle, self.memory_budget, *size)
+            self._plans[size] = plan_memory(self.bundle, self.memory_budget, *size,
+                                            shared=backends.shares_activations(self.backend))
         return self._plans[size]
 
     def full_path_macs(self, item_shape: tuple[int, ...]) -> float:
@@ -195,6 +199,7 @@ class Session:
             self._closed = True
             self._runners.clear()
             self._stages.clear()
+            self._buffers = BufferPool()
 
     def __enter__(self) -> Session:
         return self
@@ -207,6 +212,10 @@ class Session:
         h, w = plane.shape[:2]
         if self.whole and self._whole_fits(h, w):
             return self._restore_whole(plane, record, clip)
+        if self.whole and self._whole_asked:
+            raise EdgeRestoreError(f"a whole {w}x{h} image does not fit in the memory budget of "
+                                   f"{self.memory_budget:g} MB; give a larger --memory-budget, or leave out --whole "
+                                   "to run it in tiles")
         return self._restore_tiled(plane, record, clip)
 
     def _whole_fits(self, h: int, w: int) -> bool:
@@ -215,8 +224,9 @@ class Session:
         m = int(self.bundle.io.get("size_multiple", 1))
         height, width = h + (-h % m), w + (-w % m)
         plan = self.memory_plan(height, width)
-        largest = max(stage_row_bytes(self.bundle, name, height * width) for name in self.bundle.stages)
-        return plan.row_bytes + largest <= plan.budget
+        calls = [stage_row_bytes(self.bundle, name, height * width) for name in self.bundle.stages]
+        held = max(calls) if backends.shares_activations(self.backend) else sum(calls)
+        return plan.row_bytes + held <= plan.budget
 
     def _restore_whole(self, plane: np.ndarray, record: _FrameRecord, clip: bool) -> np.ndarray:
         low, high = self.bundle.io["range"]
@@ -285,7 +295,7 @@ class Session:
             stages = self.bundle.stages
             self._stages[(h, w)] = {
                 name: BucketedStage(name, runner, _runner_sizes(runner, plan.bucket_sizes[name]),
-                                    stages[name].macs_per_call + stages[name].macs_per_pixel * h * w)
+                                    stages[name].macs_per_call + stages[name].macs_per_pixel * h * w, self._buffers)
                 for name, runner in self._runners.items()}
         return self._stages[(h, w)]
 

@@ -37,7 +37,7 @@ Substitutions, so that every block takes seconds (run, python and demo blocks):
   folder; official checkpoints that ``../shared`` lacks (SRN-DeblurNet's TF1 folder,
   DeblurGAN-v2's ``fpn_mobilenet.h5``) are written in the official layouts with random
   weights; the application functions of Python blocks have stand-ins: ``camera_frames()``
-  yields 3 frames, ``publish(frame)`` does nothing.
+  yields 3 frames, ``publish(frame)`` checks it is a uint8 HxWx3 frame.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def camera_frames():
     return ((rng.random((64, 96, 3)) * 255).astype(np.uint8) for _ in range(3))
 
 
-def publish(frame):
-    pass
+def publish(frame):  # what the embedding example hands on: frames as OpenCV gave them
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3, (frame.dtype, frame.shape)
 
 '''
 SUBSTITUTIONS = [  # (pattern, replacement), in this order

@@ -123,13 +123,23 @@ def test_a_vote_over_more_tiles_than_the_budget_spills_and_decides_the_same(path
         np.testing.assert_array_equal(small.decisions[name], choice)
 
 
-def test_whole_image_models_run_tiled_when_a_whole_image_does_not_fit(small_bundle):
+def test_whole_image_models_run_tiled_when_a_whole_image_does_not_fit(small_bundle, tmp_path):
+    import json
+    import shutil
+
+    bundle = shutil.copytree(small_bundle, tmp_path / "whole")  # a model that declares whole images
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["tiling"]["whole"] = True
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
     image = frame(1000, 1200, 1, seed=6)
-    whole = Session(small_bundle, backend="onnxruntime", whole=True, memory_budget=64)
-    assert not whole._whole_fits(1000, 1200) and whole._whole_fits(60, 60)
-    route = whole.run(image)
+    session = Session(bundle, backend="onnxruntime", memory_budget=64)
+    assert session.whole and not session._whole_fits(1000, 1200) and session._whole_fits(60, 60)
+    route = session.run(image)
     assert route.grid is not None and route.image.shape == image.shape  # tiled: it has a tile grid
-    assert whole.run(image[:60, :60]).grid is None
+    assert session.run(image[:60, :60]).grid is None
+    asked = Session(small_bundle, backend="onnxruntime", whole=True, memory_budget=64)  # --whole: an error
+    with pytest.raises(EdgeRestoreError, match="does not fit in the memory budget of 64 MB"):
+        asked.run(image)
 
 
 def test_a_closed_session_refuses_frames(small_bundle):
@@ -154,7 +164,7 @@ def test_memory_plan_grows_with_the_budget(pathrestore_bundle):
     assert small.max_rows < large.max_rows
     assert small.bucket_sizes["block0.shared"][0] < large.bucket_sizes["block0.shared"][0] == 128
     with pytest.raises(EdgeRestoreError, match="at least"):
-        Session(pathrestore_bundle, backend="onnxruntime", memory_budget=10).memory_plan(63)
+        Session(pathrestore_bundle, backend="onnxruntime", memory_budget=10)
 
 
 def test_openvino_keeps_compiled_stages_in_a_model_cache(small_bundle, tmp_path):

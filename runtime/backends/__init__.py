@@ -95,6 +95,12 @@ def open_stage(name: str, bundle: Bundle, stage: str, precision: str, threads: i
     return module.load(bundle.stage_path(stage, precision), threads=threads)
 
 
+def shares_activations(name: str) -> bool:
+    """Whether the backend's stages allocate from one pool (only the largest call counts
+    against the memory budget) or each keep their own buffers (all of them count)."""
+    return bool(getattr(_module(name), "SHARES_ACTIVATIONS", False))
+
+
 def precisions(name: str, bundle: Bundle) -> list[str]:
     """Precisions ``name`` can run ``bundle`` at, best first."""
     module = _module(name)

@@ -19,6 +19,10 @@ import onnxruntime as ort
 
 from ..errors import EdgeRestoreError
 
+# Stage calls take their activations from one pool (freed between calls): the memory budget
+# counts the largest call, not the sum over stages (runtime/budget.py).
+SHARES_ACTIVATIONS = True
+
 
 # A plan alternates between many sessions (15 stages for Path-Restore), each with its own
 # thread pool: threads left spinning after one stage's call steal the cores from the next

@@ -15,6 +15,10 @@ import openvino as ov
 
 from ..errors import EdgeRestoreError
 
+# Every stage keeps its own buffers at the size of its largest batch: the memory budget
+# counts them all (runtime/budget.py).
+SHARES_ACTIVATIONS = False
+
 _core: ov.Core | None = None
 _core_lock = threading.Lock()
 

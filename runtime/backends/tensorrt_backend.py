@@ -47,6 +47,10 @@ from ..tensorrt.build import current_target, tensorrt_logger
 from ..tensorrt.cuda_driver import CudaGraph
 from ..tensorrt.policy import parse_version
 
+# Every stage keeps its own buffers at the size of its largest batch: the memory budget
+# counts them all (runtime/budget.py).
+SHARES_ACTIVATIONS = False
+
 try:
     import pycuda.driver as cuda
     import pycuda.autoinit  # noqa: F401 - creates the CUDA context on device 0, the one engines are matched to

@@ -19,6 +19,10 @@ from onnx import numpy_helper
 
 from ..errors import EdgeRestoreError
 
+# Stage calls take their activations from one pool (freed between calls): the memory budget
+# counts the largest call, not the sum over stages (runtime/budget.py).
+SHARES_ACTIVATIONS = True
+
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
