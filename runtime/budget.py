@@ -30,9 +30,13 @@ DEFAULT_BUDGET_MB = 1024  # fits beside the GPU's share of an 8 GB Jetson
 MIN_BUDGET_MB = 64
 MAX_BUCKET = 128  # beyond this a 2-core CPU gains nothing per tile (README: runtime benchmark)
 ACTIVATION_SHARE = 0.4  # of the budget: the stages' activations and their bucket buffers
-# Measured (README, "The runtime"): OpenVINO and ONNX Runtime hold 1.5-2.2x the liveness
-# estimate of export/activations.py per tile of a call (padded layouts, reorders, copies).
+# What backends hold per tile of a call, as a multiple of the liveness estimate of
+# export/activations.py (padded layouts, reorders, allocator slack): each backend module says
+# its own (ACTIVATION_FACTOR, measured; README "The runtime"); this is for one that does not.
 ACTIVATION_FACTOR = 2.0
+# Of the rest of the budget, what the plan variables of the tiles in flight may take: the
+# remainder is numpy's and the allocators' slack around them (measured, ibid.).
+VARIABLE_SHARE = 0.85
 FLOAT32 = 4
 
 
@@ -50,17 +54,18 @@ class MemoryPlan:
 
 
 def plan_memory(bundle: Bundle, budget_mb: float, height: int, width: int | None = None,
-                shared: bool = True) -> MemoryPlan:
+                shared: bool = True, factor: float = ACTIVATION_FACTOR) -> MemoryPlan:
     """The plan for rows of ``height`` x ``width`` pixels (a tile: width = height). ``shared``:
     the backend's stages take their activations from one pool, so only the largest call
     counts (ONNX Runtime's shared arena); otherwise every stage keeps its own (OpenVINO's
-    infer requests, TensorRT's buffers) and the stages' batches share the room."""
+    infer requests, TensorRT's buffers) and the stages' batches share the room. ``factor``: what
+    the backend holds per tile as a multiple of the manifest's activation estimate."""
     if not budget_mb >= MIN_BUDGET_MB:
         raise EdgeRestoreError(f"--memory-budget must be at least {MIN_BUDGET_MB} MB, got {budget_mb:g}")
     width = height if width is None else width
     budget = int(budget_mb * MB)
     pixels = height * width
-    rows = {name: stage_row_bytes(bundle, name, pixels) for name in bundle.stages}
+    rows = {name: stage_row_bytes(bundle, name, pixels, factor) for name in bundle.stages}
     room = budget * ACTIVATION_SHARE
     if shared:
         sizes = {name: bucket_sizes(row_bytes, room) for name, row_bytes in rows.items()}
@@ -70,16 +75,16 @@ def plan_memory(bundle: Bundle, budget_mb: float, height: int, width: int | None
         sizes = dict.fromkeys(rows, common)
         activations = common[0] * sum(rows.values())
     row = variable_row_bytes(bundle, height, width)
-    max_rows = max(1, int((budget - activations) // max(row, 1)))
+    max_rows = max(1, int(VARIABLE_SHARE * (budget - activations) // max(row, 1)))
     return MemoryPlan(budget, height, sizes, row, max_rows)
 
 
-def stage_row_bytes(bundle: Bundle, stage: str, pixels: int) -> int:
+def stage_row_bytes(bundle: Bundle, stage: str, pixels: int, factor: float = ACTIVATION_FACTOR) -> int:
     """What one row of a stage call holds: its activations, plus its inputs and outputs
     gathered into and out of the bucket buffers."""
     spec = bundle.stages[stage]
     io = sum(_tensor_bytes(t.shape, pixels) for t in (*spec.inputs, *spec.outputs))
-    return int(ACTIVATION_FACTOR * spec.activation_bytes_per_pixel * pixels) + io
+    return int(factor * spec.activation_bytes_per_pixel * pixels) + io
 
 
 def bucket_sizes(row_bytes: int, room: float) -> tuple[int, ...]:

@@ -187,7 +187,8 @@ class Session:
         size = (height, height if width is None else width)
         if size not in self._plans:
             self._plans[size] = plan_memory(self.bundle, self.memory_budget, *size,
-                                            shared=backends.shares_activations(self.backend))
+                                            shared=backends.shares_activations(self.backend),
+                                            factor=backends.activation_factor(self.backend))
         return self._plans[size]
 
     def full_path_macs(self, item_shape: tuple[int, ...]) -> float:
@@ -224,7 +225,8 @@ class Session:
         m = int(self.bundle.io.get("size_multiple", 1))
         height, width = h + (-h % m), w + (-w % m)
         plan = self.memory_plan(height, width)
-        calls = [stage_row_bytes(self.bundle, name, height * width) for name in self.bundle.stages]
+        factor = backends.activation_factor(self.backend)
+        calls = [stage_row_bytes(self.bundle, name, height * width, factor) for name in self.bundle.stages]
         held = max(calls) if backends.shares_activations(self.backend) else sum(calls)
         return plan.row_bytes + held <= plan.budget
 

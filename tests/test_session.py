@@ -162,7 +162,10 @@ def test_memory_plan_grows_with_the_budget(pathrestore_bundle):
     small = Session(pathrestore_bundle, backend="onnxruntime", memory_budget=128).memory_plan(63)
     large = Session(pathrestore_bundle, backend="onnxruntime", memory_budget=4096).memory_plan(63)
     assert small.max_rows < large.max_rows
-    assert small.bucket_sizes["block0.shared"][0] < large.bucket_sizes["block0.shared"][0] == 128
+    assert small.bucket_sizes["block0.shared"][0] < large.bucket_sizes["block0.shared"][0]
+    # OpenVINO keeps every stage's buffers: its stages share the room, so its batches are smaller
+    separate = Session(pathrestore_bundle, backend="openvino", memory_budget=4096).memory_plan(63)
+    assert separate.bucket_sizes["block0.shared"][0] < large.bucket_sizes["block0.shared"][0]
     with pytest.raises(EdgeRestoreError, match="at least"):
         Session(pathrestore_bundle, backend="onnxruntime", memory_budget=10)
 

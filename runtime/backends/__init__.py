@@ -101,6 +101,14 @@ def shares_activations(name: str) -> bool:
     return bool(getattr(_module(name), "SHARES_ACTIVATIONS", False))
 
 
+def activation_factor(name: str) -> float:
+    """What the backend holds per tile of a stage call, as a multiple of the manifest's
+    activation estimate (measured per backend; runtime/budget.py)."""
+    from ..budget import ACTIVATION_FACTOR
+
+    return float(getattr(_module(name), "ACTIVATION_FACTOR", ACTIVATION_FACTOR))
+
+
 def precisions(name: str, bundle: Bundle) -> list[str]:
     """Precisions ``name`` can run ``bundle`` at, best first."""
     module = _module(name)

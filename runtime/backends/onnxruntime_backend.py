@@ -22,6 +22,10 @@ from ..errors import EdgeRestoreError
 # Stage calls take their activations from one pool (freed between calls): the memory budget
 # counts the largest call, not the sum over stages (runtime/budget.py).
 SHARES_ACTIVATIONS = True
+# The shared arena held 490 MB at the peak of a 1280x720 Path-Restore frame run in batches of
+# 32 tiles (3.05 MB of live activations each by the manifest's estimate): 5x, arena slack
+# between stages of different shapes included.
+ACTIVATION_FACTOR = 5.0
 
 
 # A plan alternates between many sessions (15 stages for Path-Restore), each with its own
