@@ -94,7 +94,7 @@ def test_runtime_only_install_has_no_heavy_packages(runtime_venv):
 _IMPORTS = """
 import importlib, importlib.util, json, pkgutil, sys
 import edgerestore.runtime as runtime
-for name in ("cli", "commands", "restore", "stream_command", "profile_command", "demo", "tensorrt.commands",
+for name in ("cli", "commands", "stream_command", "profile_command", "demo", "tensorrt.commands",
              "tensorrt.build"):
     importlib.import_module(f"edgerestore.runtime.{name}")
 heavy = sorted(m for m in ("onnxruntime", "torch", "cv2", "matplotlib", "skimage", "openvino") if m in sys.modules)
