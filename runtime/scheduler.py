@@ -100,14 +100,7 @@ class Scheduler:
                 if waiting >= largest > 0:
                     self._run_stage(key, queues, waiting // largest * largest)
                     continue
-                voters = [c for c in live if isinstance(c.waiting, Decide)]
-                if voters and len(voters) == len(live) and exhausted and not waiting:
-                    self._decide(voters)
-                    continue
-                shut_out = upcoming is not None or any(c.spilled is not None and c.ready for c in live)
-                in_memory_voters = [c for c in voters if c.spilled is None]
-                if in_memory_voters and shut_out and not waiting:
-                    self._spill(in_memory_voters, Path(spill_dir))
+                if not waiting and self._vote_or_spill(live, exhausted, upcoming is not None, Path(spill_dir)):
                     continue
                 if waiting:
                     self._run_stage(key, queues, waiting)
@@ -134,6 +127,7 @@ class Scheduler:
                     chunk.done = True
                     live.remove(chunk)
                     on_done(chunk)
+                    chunk.plan_pass.env = {}  # its output is handed over; the rest goes now
                     break
                 chunk.started, chunk.waiting, chunk.answer = True, request, None
                 if isinstance(request, StageCall):
@@ -150,6 +144,22 @@ class Scheduler:
             del queues[key]
 
     # -- votes ---------------------------------------------------------------------------
+    def _vote_or_spill(self, live: list[Chunk], exhausted: bool, upcoming: bool, folder: Path) -> bool:
+        """Decide the vote every chunk of the image waits for, or spill the waiting chunks
+        that block others (a chunk still to come, or a spilled one with its answer). (A
+        method, not the loop's locals: a list of voters kept across iterations would hold
+        every chunk of the image, and their plan variables, until the next vote.)"""
+        voters = [c for c in live if isinstance(c.waiting, Decide)]
+        if voters and len(voters) == len(live) and exhausted:
+            self._decide(voters)
+            return True
+        shut_out = upcoming or any(c.spilled is not None and c.ready for c in live)
+        in_memory = [c for c in voters if c.spilled is None]
+        if in_memory and shut_out:
+            self._spill(in_memory, folder)
+            return True
+        return False
+
     def _decide(self, voters: list[Chunk]) -> None:
         """One decision for the whole image from every row's router probabilities."""
         names = {c.waiting.step["name"] for c in voters}

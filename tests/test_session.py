@@ -123,6 +123,25 @@ def test_a_vote_over_more_tiles_than_the_budget_spills_and_decides_the_same(path
         np.testing.assert_array_equal(small.decisions[name], choice)
 
 
+def test_a_vote_that_spills_holds_no_more_than_the_budget(pathrestore_bundle):
+    """numpy's allocations (plan variables, bucket buffers, answers, tiles, the frame) stay in
+    the budget however many tiles the vote needs: chunks that finish or wait on disk leave
+    memory (a list of voters kept across the scheduler's iterations once held them all)."""
+    import tracemalloc
+
+    session = Session(pathrestore_bundle, backend="onnxruntime", route_policy="vote", memory_budget=64)
+    image = frame(600, 420, 3, seed=7)
+    plan = session.memory_plan(63)
+    tracemalloc.start()
+    try:
+        result = session.run(image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.spilled_bytes > 0 and len(result.grid) * plan.row_bytes > 2 * plan.budget
+    assert peak <= plan.budget, (peak >> 20, plan.describe())
+
+
 def test_whole_image_models_run_tiled_when_a_whole_image_does_not_fit(small_bundle, tmp_path):
     import json
     import shutil
