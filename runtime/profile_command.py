@@ -94,7 +94,8 @@ def profile_command(bundle, size, backends, precision, tile, overlap, whole, mem
     frames, latency_ms, fps, megapixels_per_second, stages, tiles_per_frame,
     backend_calls_per_frame, buckets (occupancy, calls_per_frame per stage and bucket size),
     gmac_per_frame, full_path_gmac_per_frame, mac_ratio, executed_gmac_per_second,
-    branch_share, branch_share_per_switch, memory_mb, telemetry).
+    branch_share, branch_share_per_switch, memory_mb, spill_per_frame (a vote's chunks
+    spilled to disk: mb, seconds), telemetry).
     """
     from rich.console import Console
     from rich.progress import Progress
@@ -185,6 +186,9 @@ def _print_table(report: dict) -> None:
         "branch share": lambda r: ", ".join(f"{k} {v:.0%}" for k, v in r["branch_share"].items()) or "-",
         "peak RSS MB": lambda r: f"{r['memory_mb']['peak_rss']:.0f}",
     }
+    if any(run["spill_per_frame"]["mb"] for run in runs):
+        rows["vote spill per frame"] = lambda r: (f"{r['spill_per_frame']['mb']:.0f} MB in "
+                                                  f"{r['spill_per_frame']['seconds']:.2f} s")
     if any(run["telemetry"] for run in runs):
         rows.update({
             "input power mW": lambda r: _stat(r["telemetry"], "input_power_mw"),

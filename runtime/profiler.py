@@ -37,6 +37,8 @@ class FrameRecord:
     tiles: int
     buckets: dict[str, dict[int, int]]  # stage -> bucket size -> backend calls
     padded: int  # padding rows run
+    spilled_bytes: int = 0  # a vote's chunks spilled to disk
+    spill_seconds: float = 0.0
 
 
 @dataclass
@@ -87,7 +89,7 @@ class StageTimer:
         self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
         self.frames.append(FrameRecord(latency, dict(self._seconds), dict(self._calls), float(route.macs.sum()),
                                        route.full_macs * len(route.macs), len(route.macs), route.calls,
-                                       route.padded_rows))
+                                       route.padded_rows, route.spilled_bytes, route.spill_seconds))
         self._seconds.clear()
         self._calls.clear()
 
@@ -181,6 +183,9 @@ def _report(session: Session, frame: np.ndarray, timer: StageTimer, rss_ready: i
         "branch_share": {name: round(count / decided, 4) for name, count in overall.items()} if decided else {},
         "branch_share_per_switch": branches,
         "memory_mb": {"rss_after_warmup": round(rss_ready / 2**20, 1), "peak_rss": round(timer.peak_rss / 2**20, 1)},
+        # a vote over more tiles than the budget holds spills the waiting chunks to disk
+        "spill_per_frame": {"mb": round(float(np.mean([f.spilled_bytes for f in frames])) / 2**20, 1),
+                            "seconds": round(float(np.mean([f.spill_seconds for f in frames])), 4)},
         "telemetry": summarize(samples, float(latency.mean())) if samples else None,
     }
     return ProfileResult(report, per_frame_ms)

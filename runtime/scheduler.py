@@ -19,6 +19,7 @@ batches. The loop, in order of preference:
 from __future__ import annotations
 
 import tempfile
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ class Chunk:
 class SchedulerStats:
     spills: int = 0  # chunks written out while a vote waited
     spilled_bytes: int = 0
+    spill_seconds: float = 0.0  # writing spilled chunks and reading them back
     peak_rows: int = 0  # rows in memory at once
 
 
@@ -180,6 +182,7 @@ class Scheduler:
                 chunk.resume(np.full(len(chunk.waiting.probs), branch))
 
     def _spill(self, voters: list[Chunk], folder: Path) -> None:
+        start = time.perf_counter()
         for chunk in voters:
             if chunk.spilled is not None:
                 continue
@@ -192,11 +195,13 @@ class Scheduler:
             chunk.plan_pass.env = dict.fromkeys(env)  # names kept, arrays released
             chunk.spilled = path
             self.stats.spills += 1
+        self.stats.spill_seconds += time.perf_counter() - start
 
     def _reload(self, live: list[Chunk], in_memory: int) -> bool:
         """Bring back one spilled chunk that has its answer, if it fits."""
         for chunk in live:
             if chunk.spilled is not None and chunk.ready and (not in_memory or in_memory + chunk.rows <= self.max_rows):
+                start = time.perf_counter()
                 env = chunk.plan_pass.env
                 for index, name in enumerate(list(env)):
                     env[name] = self.ctx.from_host(np.load(chunk.spilled / f"{index}.npy"))
@@ -204,5 +209,6 @@ class Scheduler:
                     file.unlink()
                 chunk.spilled.rmdir()
                 chunk.spilled = None
+                self.stats.spill_seconds += time.perf_counter() - start
                 return True
         return False

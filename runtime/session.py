@@ -58,7 +58,8 @@ class Result:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     calls: dict[str, dict[int, int]] = field(default_factory=dict)  # stage -> bucket size -> backend calls
     padded_rows: int = 0
-    spilled_bytes: int = 0
+    spilled_bytes: int = 0  # a vote's chunks written to disk while it waited (and read back)
+    spill_seconds: float = 0.0  # the time those writes and reads took
 
     @property
     def gmac(self) -> float:
@@ -319,6 +320,7 @@ class _FrameRecord:
         self.calls: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         self.padded = 0
         self.spilled = 0
+        self.spill_seconds = 0.0
 
     def run_rows(self, stages: dict[str, BucketedStage], plan: MemoryPlan, chunks, count: int, item_shape, grid,
                  done: Callable[[Chunk, np.ndarray], None] | None = None):
@@ -355,6 +357,7 @@ class _FrameRecord:
                     self.calls[name][size] += n - calls.get(size, 0)
             self.padded += stage.stats.padded - padded
         self.spilled += scheduler.stats.spilled_bytes
+        self.spill_seconds += scheduler.stats.spill_seconds
         self.grid = grid
         self.macs.append(macs)
         for name, choice in decisions.items():
@@ -365,7 +368,8 @@ class _FrameRecord:
     def result(self, image: np.ndarray, seconds: float) -> Result:
         return Result(image, self.grid, {k: np.concatenate(v) for k, v in self.decisions.items()},
                       np.concatenate(self.macs) if self.macs else np.zeros(0), self.full_macs, seconds,
-                      dict(self.stage_seconds), {k: dict(v) for k, v in self.calls.items()}, self.padded, self.spilled)
+                      dict(self.stage_seconds), {k: dict(v) for k, v in self.calls.items()}, self.padded, self.spilled,
+                      self.spill_seconds)
 
 
 class _BandMerger:

@@ -20,7 +20,7 @@ TOP_KEYS = {"bundle", "model", "frame", "size", "iterations", "warmup", "min_con
 RUN_KEYS = {"backend", "precision", "mode", "memory_budget_mb", "frames", "latency_ms", "fps",
             "megapixels_per_second", "stages", "tiles_per_frame", "backend_calls_per_frame", "buckets",
             "gmac_per_frame", "full_path_gmac_per_frame", "mac_ratio", "executed_gmac_per_second", "branch_share",
-            "branch_share_per_switch", "memory_mb", "telemetry"}
+            "branch_share_per_switch", "memory_mb", "spill_per_frame", "telemetry"}
 LATENCY_KEYS = {"p50", "p90", "p99", "mean", "min", "max"}
 
 
@@ -69,6 +69,7 @@ def test_profile_json_keys_and_plot_for_two_backends(run_cli, small_bundle, tmp_
         assert run["gmac_per_frame"] == pytest.approx(run["full_path_gmac_per_frame"]) and run["mac_ratio"] == 1.0
         assert run["branch_share"] == {} and run["tiles_per_frame"] == 2.0  # the tile shrinks to 60: 2 across
         assert run["memory_mb"]["peak_rss"] >= run["memory_mb"]["rss_after_warmup"] > 0
+        assert run["spill_per_frame"] == {"mb": 0.0, "seconds": 0.0}  # no vote
     image = cv2.imread(str(picture))
     assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
 
