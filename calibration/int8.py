@@ -27,6 +27,7 @@ from .accuracy import Score, routing_agreement, score
 from .bias_correction import correct_biases
 from .capture import Capture, capture, is_routed
 from .equalize import DEFAULT_ALPHA, Equalization, equalize_stage
+from .macs import int8_mac_share
 from .policy import Layer, SearchResult, all_layers, default_fp32_layers, layer_weights, sensitivity_search
 from .quantize import quantize_stage
 from .scales import check_method
@@ -86,6 +87,7 @@ class Int8Report:
     routing_agreement: float | None = None
     search: SearchResult | None = None
     seconds: float = 0.0
+    int8_mac_share: float = 1.0  # of every compute layer's MACs, what the INT8 layers carry (.macs)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -98,6 +100,7 @@ class Int8Report:
             {"route_aware": not self.route_aware, **self.alternative.to_json()},
             "routing_agreement": self.routing_agreement,
             "search": None if self.search is None else self.search.to_json(), "seconds": self.seconds,
+            "int8_mac_share": self.int8_mac_share,
         }
 
 
@@ -148,9 +151,14 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
     else:
         fp32_layers = default_fp32_layers(bundle)
 
+    share = int8_mac_share(bundle, layers, fp32_layers)
+    if share == 0.0:  # nothing left in INT8: refuse to write an "INT8" bundle
+        why = f"the sensitivity search for --max-drop {options.max_drop:g} dB" if search else "the FP32 policy"
+        raise EdgeRestoreError(f"{why} keeps every compute layer ({len(layers)}) in FP32: the bundle would have no "
+                               "INT8 layer; allow a larger --max-drop, or export without --int8")
     report = Int8Report(options.method, trt_cache.header(options.trt, options.method), fp32_layers,
                         aware.images, aware.tiles, len(held), route_aware=not (options.route_agnostic and routed),
-                        search=search)
+                        search=search, int8_mac_share=share)
     if held:
         progress("scoring FP32 vs INT8 on the held-out crops", 0, 0)
         if other is not None:
@@ -310,6 +318,7 @@ def _write_calibration_json(root, options, report, shipped, amax_aware, amax_agn
             "seed": data.seed},
         "route_aware": report.route_aware, "routing": aware.routing,
         "route_aware_fallback": fallback,
+        "int8_mac_share": report.int8_mac_share,
         "stages": stages,
         "accuracy": report.to_json(),
     }

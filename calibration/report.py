@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .int8 import Int8Report
+from .macs import WARN_SHARE
 
 
 def _db(value: float | None) -> str:
@@ -13,7 +14,11 @@ def render(report: Int8Report) -> str:
     lines = [f"INT8: {report.method} ranges from {report.calibration_images} calibration crops "
              f"({report.calibration_tiles} tiles), {'route-aware' if report.route_aware else 'route-agnostic'}; "
              f"caches {report.trt_header}",
-             "FP32 layers: " + (", ".join(f"{s}:{n}" for s, n in report.fp32_layers) or "none")]
+             "FP32 layers: " + (", ".join(f"{s}:{n}" for s, n in report.fp32_layers) or "none"),
+             f"INT8 runs {report.int8_mac_share:.1%} of the MACs"]
+    if report.int8_mac_share < WARN_SHARE:
+        lines.append(f"warning: more than half of the MACs stay in FP32 ({1 - report.int8_mac_share:.1%}): "
+                     "expect little of INT8's speed")
     if report.search is not None:
         s = report.search
         lines.append(f"sensitivity search: budget {s.budget_db:g} dB, "

@@ -9,11 +9,11 @@ from test_bad_input import assert_clean_failure, files_under
 from test_int8_export import write_images
 
 
-def tiny_checkpoint(path, poison=False):
+def tiny_checkpoint(path, poison=False, depth=3):
     from edgerestore.models import DnCNN, save_checkpoint
 
     torch.manual_seed(0)
-    model = DnCNN(channels=1, depth=3, features=8)
+    model = DnCNN(channels=1, depth=depth, features=8)
     if poison:
         # Finite for pixels in [0, 1] (what the export parity check feeds), but a negative
         # noisy pixel makes the first layer ~1e38 and the second overflow to Inf.
@@ -72,6 +72,15 @@ def test_calibration_images_smaller_than_a_fixed_model_tile(run_cli, tmp_path):
     result = run_cli("export", "pathrestore", "--weights", weights, "--int8", "--calib", data, "--calib-degrade",
                      "gaussian:25", "--calib-crop", "60", "-o", tmp_path / "b")
     assert_clean_failure(result, "smaller than the 63x63 tile", "--calib-crop 63")
+    assert_no_bundle(tmp_path / "b")
+
+
+def test_an_int8_bundle_without_an_int8_layer_is_refused(run_cli, tmp_path):
+    """Two convolutions, both of which the default policy keeps in FP32 (first and last)."""
+    weights = tiny_checkpoint(tmp_path / "two.pth", depth=2)
+    data = write_images(tmp_path / "calib", 3, (56, 56))
+    result = export(run_cli, weights, data, tmp_path / "b")
+    assert_clean_failure(result, "the FP32 policy keeps every compute layer (2) in FP32", "no INT8 layer")
     assert_no_bundle(tmp_path / "b")
 
 

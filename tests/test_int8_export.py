@@ -74,6 +74,10 @@ def test_bundle_records_both_precisions(int8_export):
     rows = {(s["backend"], s["precision"]) for s in report["int8"]["scores"]}
     assert {("onnxruntime", "fp32"), ("onnxruntime", "int8")} <= rows
     assert report["int8"]["held_out_images"] == 2 and report["int8"]["calibration_images"] == 4
+    # 16 features, 3x3: the first and last conv (1x16x9 = 144 weights) stay FP32, three 16x16x9 run INT8
+    share = 3 * 2304 / (2 * 144 + 3 * 2304)
+    assert report["int8"]["int8_mac_share"] == pytest.approx(share, rel=1e-12)
+    assert json.loads((out / "calibration.json").read_text())["int8_mac_share"] == pytest.approx(share, rel=1e-12)
 
 
 def test_every_cache_matches_calibration_json_and_the_qdq_graph(int8_export):
