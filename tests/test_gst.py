@@ -264,3 +264,20 @@ def test_qos_drops_late_frames_of_a_live_source(gst, color_bundle):
     assert late["latency"]["live"] and late["latency"]["min"] >= stats["latency-ms"] * 1e6 > 0
     every = harness(gst, description.replace("QOS", "qos=false"), *push)
     assert every["stats"]["dropped"] == 0 and len(every["out"]) == 20
+
+
+def test_plugin_refuses_an_install_for_another_python(tmp_path):
+    """The plugin file adds its own site-packages to the embedded interpreter's path only when
+    it was made for that interpreter's version; otherwise one line names the fix."""
+    import edgerestore.runtime.gst as gst_package
+
+    plugin = tmp_path / "lib" / "python3.1" / "site-packages" / "edgerestore" / "runtime" / "gst" / "python"
+    plugin.mkdir(parents=True)
+    shutil.copy(gst_package.plugin_path() / "python" / gst_package.PLUGIN_FILE, plugin)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    result = subprocess.run([sys.executable, str(plugin / gst_package.PLUGIN_FILE)], capture_output=True, text=True,
+                            env=env)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: edgerestore's GStreamer element: GStreamer embeds Python 3."), last
+    assert "installed for python3.1 in" in last and "--system-site-packages" in last, last
