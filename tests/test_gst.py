@@ -226,6 +226,23 @@ def test_caps_change_mid_stream_replans_tiles(gst, color_bundle, color_session, 
     assert report["stats"]["restored"] == 8
 
 
+def test_gray_bundle_takes_gray8_with_padded_rows(gst, small_bundle, tmp_path):
+    """A gray bundle offers GRAY8 only (videoconvert picks it from RGB upstream); 161-pixel
+    rows are padded to 164 bytes, and every frame equals Session.restore of its input."""
+    import edgerestore
+
+    report = harness(gst, f"videotestsrc num-buffers=4 pattern=ball ! video/x-raw,format=RGB,{SIZE} ! videoconvert "
+                          f"! edgerestore name=e bundle={small_bundle} ! fakesink", "--save", tmp_path)
+    assert report["eos"] and not report["errors"], report["errors"]
+    assert "format=(string)GRAY8" in report["caps"][0]
+    assert_timestamps_kept(report, 4)
+    with edgerestore.load(small_bundle, backend="onnxruntime") as session:
+        for k in range(4):
+            source = np.load(tmp_path / f"in_{k:03d}.npy")
+            assert source.shape == (120, 161)
+            assert np.array_equal(np.load(tmp_path / f"out_{k:03d}.npy"), session.restore(source)), k
+
+
 def test_missing_bundle_is_one_bus_error(gst, tmp_path):
     error = first_error(launch(gst, "videotestsrc num-buffers=3 ! edgerestore ! fakesink"))
     assert "GstEdgeRestore:edgerestore0: no bundle: set the 'bundle' property" in error, error
