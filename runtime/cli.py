@@ -26,6 +26,8 @@ COMMANDS = {
     "build": ("edgerestore.runtime.tensorrt.commands:build_command", "Build TensorRT engines into a bundle."),
     "train": ("edgerestore.models.train.cli:train_command", "Train a model's checkpoint (CPU)."),
     "demo": ("edgerestore.runtime.demo:demo_command", "Path-Restore before/after demo on the CPU."),
+    "gst-plugin-path": ("edgerestore.runtime.gst:plugin_path_command",
+                        "Print the folder to put on GST_PLUGIN_PATH for the edgerestore GStreamer element."),
 }
 
 

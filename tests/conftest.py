@@ -25,6 +25,25 @@ def need_shared(path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def runtime_wheel(tmp_path_factory) -> Path:
+    """A wheel of this checkout (CUDA off), built once per session: what a user installs
+    (tests/test_runtime_install.py, and the GStreamer element's venv in tests/test_gst.py)."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("wheel")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist"),
+                             str(REPO), "-C", "cmake.define.EDGERESTORE_CUDA=OFF", "-C", f"build-dir={root / 'build'}"],
+                            capture_output=True, text=True, timeout=900, env=env)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        pytest.fail(f"building the wheel (pip wheel, CUDA off) failed (exit {result.returncode}); it needs the "
+                    f"package registry (scikit-build-core). Last lines:\n{tail}")
+    return next((root / "dist").glob("edgerestore-*.whl"))
+
+
+@pytest.fixture(scope="session")
 def kair_bundle(tmp_path_factory) -> Path:
     from edgerestore.export import export_bundle
 
