@@ -150,7 +150,7 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
         for source, target in zip(files, targets):
             image = imageio.read_image(source)
             result = session.run(image.pixels)
-            imageio.write_image(target, result.image, image.alpha)
+            imageio.write_image(target, result.image, image.alpha, image.metadata)
             executed += result.macs.sum()
             full += result.full_macs * len(result.macs)
             seconds += result.seconds
