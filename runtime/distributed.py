@@ -84,7 +84,7 @@ def restore(bundle: str | os.PathLike[str], sources: list[str | os.PathLike[str]
     key = fingerprint(bundle, backend, precision, session_options)
     log = Results(results or Path(output) / RESULTS_NAME)
     done = log.finished(key)
-    pending = [item for item in items if item.output not in done]
+    pending = [item for item in items if done.get(item.output, {}).get("source") != item.source]
     report = Report(len(items), 0, len(items) - len(pending), threads=threads, output=str(output),
                     results=str(log.path))
     if on_start:
@@ -93,12 +93,13 @@ def restore(bundle: str | os.PathLike[str], sources: list[str | os.PathLike[str]
         return report
     ray = _ray()
     _connect(ray, address)
-    report.actors = min(_actor_count(ray, threads, actors_per_node, gpus_per_actor), actors or len(pending),
-                        len(pending))
+    megabytes = memory_budget + _stage_megabytes(bundle)  # what Ray reserves for an actor
+    report.actors = min(_actor_count(ray, threads, megabytes, actors_per_node, gpus_per_actor),
+                        actors or len(pending), len(pending))
     start = time.perf_counter()
     macs, scores = [], []
     try:
-        for record in _run(ray, pending, bundle, key, report.actors, threads, gpus_per_actor,
+        for record in _run(ray, pending, bundle, key, report.actors, threads, megabytes, gpus_per_actor,
                            dict(backend=backend, precision=precision, memory_budget=memory_budget, **session_options)):
             log.append([record])
             if record["status"] == "ok":
@@ -140,25 +141,28 @@ def _connect(ray, address: str | None) -> None:
                                f"{str(exc).splitlines()[0]}") from None
 
 
-def _actor_count(ray, threads: int, per_node: int | None, gpus: float) -> int:
-    """Actors the live nodes hold: as many as their CPUs take at ``threads`` each (and GPUs at
-    ``gpus`` each), at most ``per_node`` on a node."""
+def _actor_count(ray, threads: int, megabytes: float, per_node: int | None, gpus: float) -> int:
+    """Actors the live nodes hold: as many as their CPUs take at ``threads`` each, their memory
+    at ``megabytes`` each (and their GPUs at ``gpus`` each), at most ``per_node`` on a node. A
+    pool larger than the cluster holds would wait for actors that never start."""
     total = 0
     for node in ray.nodes():
         if not node.get("Alive"):
             continue
         resources = node.get("Resources", {})
-        fit = int(resources.get("CPU", 0) // threads)
+        fit = min(int(resources.get("CPU", 0) // threads), int(resources.get("memory", 0) // (megabytes * 2**20)))
         if gpus:
             fit = min(fit, int(resources.get("GPU", 0) // gpus))
         total += fit if per_node is None else min(fit, per_node)
     if total < 1:
-        raise EdgeRestoreError(f"no node of the Ray cluster has {threads} CPU(s)"
-                               + (f" and {gpus:g} GPU(s)" if gpus else "") + " free for one actor")
+        raise EdgeRestoreError(f"no node of the Ray cluster has {threads} CPU(s), {megabytes:.0f} MB of memory"
+                               + (f" and {gpus:g} GPU(s)" if gpus else "") + " for one actor (a smaller "
+                               "--memory-budget or --threads may fit)")
     return total
 
 
-def _run(ray, items: list[Item], bundle, key: str, actors: int, threads: int, gpus: float, options: dict):
+def _run(ray, items: list[Item], bundle, key: str, actors: int, threads: int, megabytes: float, gpus: float,
+         options: dict):
     """The finished items' records, in the order they finish."""
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -171,7 +175,6 @@ def _run(ray, items: list[Item], bundle, key: str, actors: int, threads: int, gp
     # redoes few items, and a task's overhead is small beside a few restorations.
     rows = [{"source": i.source, "output": i.output, "gt": i.gt} for i in items]
     dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), max(actors * 4, -(-len(rows) // 4))))
-    megabytes = options["memory_budget"] + _stage_megabytes(bundle)
     mapped = dataset.map_batches(_Restorer, batch_size=1, compute=ActorPoolStrategy(size=actors),
                                  fn_constructor_kwargs={"bundle": str(bundle), "key": key, "threads": threads,
                                                         "options": options},

@@ -4,7 +4,7 @@ The job is a list of items (source image -> output image, optionally a ground tr
 finished item is one JSON line in the job's results file (output, SHA-256 of the output
 file, route statistics, GMAC, seconds, PSNR against the ground truth); a rerun of the same
 job skips the items whose line says done, whose output is still there and which the same
-bundle and settings restored. Outputs are written atomically (:mod:`.atomic`), so an item
+bundle and settings restored from the same source. Outputs are written atomically (:mod:`.atomic`), so an item
 is either done or absent; the temporary files of a worker killed mid-write are removed when
 the job ends. The results file is appended to by one process (the job's driver) and read
 back line by line: a line cut short by a crash is ignored, and its item is restored again.

@@ -26,7 +26,7 @@ def restore_on_ray(bundle, inputs: list[str], output, as_json: bool, **options) 
 
     console = Console(stderr=True)
     columns = (TextColumn("restoring on Ray"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True, disable=as_json) as bar:
+    with Progress(*columns, console=console, transient=True, disable=as_json or not console.is_terminal) as bar:
         task = bar.add_task("restoring", total=None)
         report = restore(bundle, inputs, output, progress=lambda record: bar.advance(task),
                          on_start=lambda pending, skipped: bar.update(task, total=pending), **options)

@@ -139,3 +139,13 @@ def _title(process: psutil.Process) -> str:
 def test_ray_options_need_ray(run_cli, small_bundle, tmp_path):
     result = run_cli("restore", small_bundle, tmp_path, "-o", tmp_path / "out", "--gt", tmp_path)
     assert result.exit_code == 1 and result.stderr == "error: --gt needs --ray\n"
+
+
+def test_actor_that_fits_nowhere_is_one_line(run_cli, small_bundle, tmp_path, cluster):
+    """An actor's reservation (memory budget + stage files) that no node holds is an error
+    before the job starts, not a pool waiting for actors that never start."""
+    write_photo(tmp_path / "a.png", 0)
+    result = run_cli("restore", small_bundle, tmp_path / "a.png", "-o", tmp_path / "out", "--ray",
+                     "--memory-budget", str(10**9))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.startswith("error: no node of the Ray cluster has 1 CPU(s), 1000000000 MB of memory")
