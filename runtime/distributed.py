@@ -32,8 +32,8 @@ from .budget import DEFAULT_BUDGET_MB
 from .bundle import Bundle
 from .errors import EdgeRestoreError
 from .jobs import RESULTS_NAME, Item, Results, fingerprint, list_items, remove_partial_outputs, restore_item
+from .optional import missing
 
-INSTALL = "pip install 'edgerestore[ray]'"
 # The session options a job passes on, with edgerestore.load's defaults (a job's fingerprint
 # is the same whether an option was left out or given its default).
 SESSION_OPTIONS = {"tile": None, "overlap": None, "whole": None, "min_confidence": 0.5, "route_policy": "tile"}
@@ -126,7 +126,7 @@ def _ray():
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in ("ray", "pyarrow", "pandas"):
             raise
-        raise EdgeRestoreError(f"--ray needs Ray Data: {INSTALL}") from None
+        raise EdgeRestoreError(missing("ray", "--ray")) from None
     return ray
 
 
