@@ -99,9 +99,21 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
               help="Streams: frames buffered between decode, restore and encode (bounds the memory).")
 @click.option("--frames", "max_frames", type=click.IntRange(1), default=None,
               help="Streams: stop after this many source frames (a camera runs until Ctrl-C otherwise).")
+@click.option("--ray", "on_ray", is_flag=True,
+              help="Run on a Ray cluster (the ray extra): actors each hold one session; resumable, with a results "
+                   "file in OUTPUT. Inputs, OUTPUT and BUNDLE must be on a file system every node sees.")
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="--ray: the cluster to join (default: $RAY_ADDRESS, else a local cluster on this machine).")
+@click.option("--actors-per-node", type=click.IntRange(1), default=None,
+              help="--ray: at most this many actors on a node (default: as many as its CPUs hold at --threads each).")
+@click.option("--gpus-per-actor", type=click.FloatRange(0), default=0, show_default=True,
+              help="--ray: GPUs Ray reserves for each actor (a device backend).")
+@click.option("--gt", type=click.Path(path_type=Path), default=None,
+              help="--ray: ground-truth directory with the inputs' file names; each item's PSNR goes in the results.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def restore_command(bundle, inputs, output, backend, precision, tile, overlap, whole, memory_budget, threads,
-                    min_confidence, route_policy, route_map, realtime, queue_size, max_frames, as_json):
+                    min_confidence, route_policy, route_map, realtime, queue_size, max_frames, on_ray, ray_address,
+                    actors_per_node, gpus_per_actor, gt, as_json):
     """Restore images or a stream with BUNDLE.
 
     INPUTS are image files or directories of images; or one video file, camera index
@@ -116,9 +128,31 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
     with bounded queues; frames keep their order and none is dropped unless --realtime is
     given. A corrupt frame is reported and skipped; a frame of another size is re-tiled
     (and scaled to the video's size if the output is a video file).
+
+    --ray: image files, folders and file lists (.txt, one path a line) restored into the
+    folder OUTPUT by actors on a Ray cluster (--threads each, default 1). Each finished
+    image is a line of OUTPUT/edgerestore-results.jsonl; a rerun skips those. A bad image
+    is reported and skipped, and the command then exits with status 1.
     """
     from .stream_command import is_stream, restore_stream
 
+    ray_only = {"--ray-address": ray_address, "--actors-per-node": actors_per_node, "--gpus-per-actor": gpus_per_actor,
+                "--gt": gt}
+    if not on_ray and any(ray_only.values()):
+        raise EdgeRestoreError(f"{next(k for k, v in ray_only.items() if v)} needs --ray")
+    if on_ray:
+        others = {"--route-map": route_map, "--realtime": realtime, "--frames": max_frames}
+        if any(v is not None for v in others.values()):
+            raise EdgeRestoreError(f"{next(k for k, v in others.items() if v is not None)} cannot be combined "
+                                   "with --ray")
+        if whole and (tile is not None or overlap is not None):
+            raise EdgeRestoreError("--whole cannot be combined with --tile/--overlap")
+        from .ray_command import restore_on_ray
+
+        return restore_on_ray(bundle, list(inputs), output, as_json, backend=backend, precision=precision,
+                              memory_budget=memory_budget, threads=threads or 1, actors_per_node=actors_per_node,
+                              gpus_per_actor=gpus_per_actor, address=ray_address, gt=gt, tile=tile, overlap=overlap,
+                              whole=whole or None, min_confidence=min_confidence, route_policy=route_policy)
     if is_stream(list(inputs), output, realtime):
         if route_map is not None:
             raise EdgeRestoreError("--route-map needs exactly one input image, not a stream")
@@ -150,7 +184,7 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
         for source, target in zip(files, targets):
             image = imageio.read_image(source)
             result = session.run(image.pixels)
-            imageio.write_image(target, result.image, image.alpha)
+            imageio.write_image(target, result.image, image.alpha, image.metadata)
             executed += result.macs.sum()
             full += result.full_macs * len(result.macs)
             seconds += result.seconds

@@ -27,13 +27,22 @@ write (Pillow's would read back without it) and the TIFFs left to OpenCV above a
 refused with the line that says how to install OpenCV. A full Pillow decode fails on
 truncated JPEGs by itself; PNGs are also verified (chunk CRCs, the end chunk), which
 Pillow's decode alone skips.
+
+Metadata: a restored photo keeps its source's EXIF (GPS included: drone surveys are
+mapped by it) and ICC profile. Pillow reads them; they are written into the encoded file
+as the formats define them (JPEG APP1/APP2 segments, PNG eXIf/iCCP chunks, the TIFF
+ICC tag) rather than by re-encoding with Pillow, so the pixels of a file do not depend on
+whether its source had metadata. TIFF outputs keep the ICC profile only (an EXIF
+sub-IFD is beyond tifffile's writer); BMP keeps neither.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,12 +80,24 @@ _DTYPE = {8: np.uint8, 16: np.uint16}
 
 
 @dataclass(frozen=True)
+class Metadata:
+    """What a restored image keeps of its source file besides pixels."""
+
+    exif: bytes | None = None  # the TIFF-structured EXIF block (no JPEG "Exif\0\0" header)
+    icc: bytes | None = None  # the ICC profile
+
+    def __bool__(self) -> bool:
+        return bool(self.exif or self.icc)
+
+
+@dataclass(frozen=True)
 class Image:
     """A decoded image: ``pixels`` is HxWxC (C = 1 or 3, RGB order) in its file's dtype."""
 
     pixels: np.ndarray
     alpha: np.ndarray | None
     bit_depth: int
+    metadata: Metadata | None = None
 
 
 def read_image(path: str | os.PathLike[str]) -> Image:
@@ -97,7 +118,8 @@ def read_image(path: str | os.PathLike[str]) -> Image:
         array = _decode_opencv(data, path)
         gray_alpha = kind == "png" and data[_PNG_COLOUR_TYPE_OFFSET] == _PNG_GRAY_ALPHA
     pixels, alpha = _split_channels(array, gray_alpha, path)
-    return Image(pixels=pixels, alpha=alpha, bit_depth=8 if pixels.dtype == np.uint8 else 16)
+    return Image(pixels=pixels, alpha=alpha, bit_depth=8 if pixels.dtype == np.uint8 else 16,
+                 metadata=_read_metadata(data, kind))
 
 
 def to_float(image: Image) -> np.ndarray:
@@ -111,8 +133,11 @@ def from_float(array: np.ndarray, bit_depth: int) -> np.ndarray:
     return np.rint(scaled).astype(_DTYPE[bit_depth])
 
 
-def write_image(path: str | os.PathLike[str], pixels: np.ndarray, alpha: np.ndarray | None = None) -> None:
+def write_image(path: str | os.PathLike[str], pixels: np.ndarray, alpha: np.ndarray | None = None,
+                metadata: Metadata | None = None) -> None:
     """Write atomically, so a crash or a full disk never leaves a half-written output.
+    ``metadata`` (a source's EXIF and ICC profile) goes in where the format holds it (module
+    docstring).
 
     The format follows the extension. PNG and TIFF keep 16 bits; JPEG and BMP are
     8-bit only, so 16-bit data is rounded to 8 bits for them. JPEG has no alpha
@@ -134,11 +159,15 @@ def write_image(path: str | os.PathLike[str], pixels: np.ndarray, alpha: np.ndar
     if alpha is not None and (alpha.dtype != pixels.dtype or alpha.shape != pixels.shape[:2]):
         raise ValueError(f"alpha must be {pixels.dtype} {pixels.shape[:2]}, got {alpha.dtype} {alpha.shape}")
     if ext in (".tif", ".tiff"):
-        data = _encode_tiff(pixels, alpha)
+        data = _encode_tiff(pixels, alpha, metadata.icc if metadata else None)
     elif cv2 is None:
         data = _encode_pillow(pixels, alpha, ext, path)
     else:
         data = _encode_opencv(pixels, alpha, ext, path)
+    if metadata and ext in (".jpg", ".jpeg"):
+        data = _jpeg_with_metadata(data, metadata)
+    elif metadata and ext == ".png":
+        data = _png_with_metadata(data, metadata)
     try:
         with atomic_file(path) as tmp:
             tmp.write_bytes(data)
@@ -320,7 +349,7 @@ def _split_channels(array: np.ndarray, gray_alpha: bool, path: Path) -> tuple[np
     return array[..., :3].copy(), array[..., 3].copy()
 
 
-def _encode_tiff(pixels: np.ndarray, alpha: np.ndarray | None) -> bytes:
+def _encode_tiff(pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None = None) -> bytes:
     """Deflate-compressed TIFF with the alpha marked as unassociated, as tifffile stores it."""
     gray = pixels.shape[2] == 1
     if alpha is not None:
@@ -336,6 +365,7 @@ def _encode_tiff(pixels: np.ndarray, alpha: np.ndarray | None) -> bytes:
         extrasamples=None if alpha is None else [tifffile.EXTRASAMPLE.UNASSALPHA],
         compression="zlib",
         metadata=None,
+        iccprofile=icc,
     )
     return buffer.getvalue()
 
@@ -382,6 +412,67 @@ def _encode_pillow(pixels: np.ndarray, alpha: np.ndarray | None, ext: str, path:
     buffer = io.BytesIO()
     PILImage.fromarray(array).save(buffer, image_format, **options)
     return buffer.getvalue()
+
+
+_EXIF_HEADER = b"Exif\x00\x00"  # JPEG's APP1 and Pillow's info["exif"] put it before the TIFF block
+_ICC_HEADER = b"ICC_PROFILE\x00"
+_SEGMENT_MAX = 65533  # a JPEG segment's payload: its 16-bit length counts itself
+
+
+def _read_metadata(data: bytes, kind: str) -> Metadata | None:
+    """The EXIF and ICC profile of an encoded image, as Pillow parses them (headers only, no
+    decode). A file whose pixels decoded but whose metadata Pillow cannot parse keeps none."""
+    if kind == "bmp":
+        return None
+    try:
+        with PILImage.open(io.BytesIO(data)) as pil:
+            # TIFF: Pillow's "exif" would be the image's own IFD (strips, sizes): not EXIF to carry over.
+            exif = pil.info.get("exif") if kind != "tiff" else None
+            icc = pil.info.get("icc_profile")
+    except Exception:  # noqa: BLE001 - the pixels are what must read; metadata is kept when it parses
+        return None
+    if exif and exif.startswith(_EXIF_HEADER):
+        exif = exif[len(_EXIF_HEADER):]
+    metadata = Metadata(exif=bytes(exif) if exif else None, icc=bytes(icc) if icc else None)
+    return metadata or None
+
+
+def _jpeg_with_metadata(data: bytes, metadata: Metadata) -> bytes:
+    """EXIF as an APP1 segment and the ICC profile as APP2 segments (split into numbered
+    chunks, as the ICC specification does for profiles over 64 KB), after SOI and any JFIF
+    APP0. An EXIF block too large for one segment (only a PNG or TIFF source can have one)
+    is left out: JPEG has no way to hold it."""
+    at = 2
+    if data[2:4] == b"\xff\xe0":  # APP0 (JFIF) stays first, as JFIF readers expect
+        at = 4 + struct.unpack(">H", data[4:6])[0]
+    segments = []
+    if metadata.exif and len(_EXIF_HEADER) + len(metadata.exif) <= _SEGMENT_MAX:
+        segments.append(_jpeg_segment(0xE1, _EXIF_HEADER + metadata.exif))
+    if metadata.icc:
+        size = _SEGMENT_MAX - len(_ICC_HEADER) - 2
+        chunks = [metadata.icc[i:i + size] for i in range(0, len(metadata.icc), size)]
+        segments += [_jpeg_segment(0xE2, _ICC_HEADER + bytes([k + 1, len(chunks)]) + chunk)
+                     for k, chunk in enumerate(chunks)]
+    return data[:at] + b"".join(segments) + data[at:]
+
+
+def _jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _png_with_metadata(data: bytes, metadata: Metadata) -> bytes:
+    """iCCP and eXIf chunks right after IHDR (iCCP must come before the image data)."""
+    at = 8 + 8 + 13 + 4  # signature, IHDR's length and type, its 13 bytes, its CRC
+    chunks = b""
+    if metadata.icc:
+        chunks += _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(metadata.icc))
+    if metadata.exif:
+        chunks += _png_chunk(b"eXIf", metadata.exif)
+    return data[:at] + chunks + data[at:]
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
 def _eight_bit(array: np.ndarray) -> np.ndarray:

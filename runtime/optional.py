@@ -24,6 +24,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "onnxslim": ("onnxslim", "pip install 'edgerestore[export]'"),
     "onnxruntime": ("ONNX Runtime", "pip install 'edgerestore[onnxruntime]'"),
     "openvino": ("OpenVINO", "pip install 'edgerestore[openvino]'"),
+    "ray": ("Ray Data", "pip install 'edgerestore[ray]'"),
 }
 
 

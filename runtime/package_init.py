@@ -28,7 +28,10 @@ __all__ = ["__version__", *_NAMES]
 
 
 def __getattr__(name: str):
-    """The session API, imported on first use (``import edgerestore`` stays instant)."""
+    """The session API, imported on first use (``import edgerestore`` stays instant);
+    ``edgerestore.distributed``: batch jobs on a Ray cluster (:mod:`.runtime.distributed`)."""
+    if name == "distributed":
+        return import_module("edgerestore.runtime.distributed")
     if name not in _NAMES:
         raise AttributeError(f"module 'edgerestore' has no attribute {name!r}")
     return getattr(import_module(_NAMES[name]), name)

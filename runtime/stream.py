@@ -26,10 +26,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .session import Session
+
+if TYPE_CHECKING:
+    from .imageio import Metadata
 
 _END = object()  # end of stream, passed down the queues
 _POLL = 0.05  # seconds: how often a waiting thread checks that the stream still runs
@@ -46,6 +50,7 @@ class Frame:
     name: str | None = None  # the file name, for image sequences
     arrival: float = 0.0  # time.perf_counter() when the reader handed it on
     flat: bool = False  # came in as HxW (restore_frames hands it back as HxW)
+    metadata: Metadata | None = None  # an image file's EXIF and ICC profile, kept in its output
 
     @property
     def bit_depth(self) -> int:

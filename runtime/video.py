@@ -68,7 +68,7 @@ class ImageSequence:
             except EdgeRestoreError as err:
                 yield Skipped(index, str(err))
                 continue
-            yield Frame(index, image.pixels, image.alpha, path.name)
+            yield Frame(index, image.pixels, image.alpha, path.name, metadata=image.metadata)
 
     def close(self) -> None:
         pass
@@ -215,7 +215,7 @@ class VideoSink:
 
 class ImageFolderSink:
     """Each frame as an image file in ``folder``: an image sequence keeps its file names
-    (format, bit depth and alpha as ``restore`` of images), other frames become
+    (format, bit depth, alpha and metadata as ``restore`` of images), other frames become
     ``frame_000000.png`` by source index. Each file is written atomically."""
 
     def __init__(self, folder: Path):
@@ -227,7 +227,7 @@ class ImageFolderSink:
     def write(self, frame: Frame) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = frame.name or f"frame_{frame.index:06d}.png"
-        imageio.write_image(self.folder / name, frame.pixels, frame.alpha)
+        imageio.write_image(self.folder / name, frame.pixels, frame.alpha, frame.metadata)
         self.frames += 1
 
     def close(self) -> None:

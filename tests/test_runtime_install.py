@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 # Import names and distributions the runtime-only install must not bring.
-ABSENT_MODULES = ("torch", "matplotlib", "openvino", "cv2", "skimage", "onnxslim")
+ABSENT_MODULES = ("torch", "matplotlib", "openvino", "cv2", "skimage", "onnxslim", "ray")
 ABSENT_DISTRIBUTIONS = ("torch", "matplotlib", "openvino", "opencv-python", "opencv-python-headless",
-                        "opencv-contrib-python", "scikit-image", "onnxslim")
+                        "opencv-contrib-python", "scikit-image", "onnxslim", "ray")
 
 
 def _run(command: list, what: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
@@ -93,7 +93,8 @@ import edgerestore.runtime as runtime
 for name in ("cli", "commands", "stream_command", "profile_command", "demo", "tensorrt.commands",
              "tensorrt.build"):
     importlib.import_module(f"edgerestore.runtime.{name}")
-heavy = sorted(m for m in ("onnxruntime", "torch", "cv2", "matplotlib", "skimage", "openvino") if m in sys.modules)
+heavy = sorted(m for m in ("onnxruntime", "torch", "cv2", "matplotlib", "skimage", "openvino", "ray")
+               if m in sys.modules)
 failed = {}
 for module in pkgutil.walk_packages(runtime.__path__, "edgerestore.runtime."):
     if not module.ispkg and not importlib.util.find_spec(module.name).origin.endswith(".py"):
@@ -204,6 +205,8 @@ def test_cli_without_extras(runtime_venv, small_bundle, noisy_png, tmp_path):
     _one_line_error(_edgerestore(runtime_venv, "eval", small_bundle, "--data", noisy_png.parent, "--degrade",
                                  "gaussian:25"), "eval (SSIM) needs scikit-image: pip install 'edgerestore[eval]'")
     _one_line_error(_edgerestore(runtime_venv, "build", small_bundle, "--tensorrt"), "TensorRT is not installed")
+    _one_line_error(_edgerestore(runtime_venv, "restore", small_bundle, noisy_png, "-o", tmp_path / "job", "--ray"),
+                    "--ray needs Ray Data: pip install 'edgerestore[ray]'")
     check = _edgerestore(runtime_venv, "check", small_bundle)  # onnx alone: the Jetson's pre-build check runs
     assert check.returncode == 0 and "passes the TensorRT check" in check.stderr, check.stderr
     assert list(tmp_path.iterdir()) == []  # no output from any refused command

@@ -1,0 +1,221 @@
+"""Restoring image sets on a Ray cluster (``restore --ray``; ``edgerestore.distributed``).
+
+    from edgerestore import distributed
+
+    report = distributed.restore("dncnn.bundle", ["survey/"], "clean/", backend="onnxruntime", threads=1)
+
+Ray Data runs the job: the pending items (:mod:`.jobs`) are a dataset, and a pool of actors
+maps them, each actor holding one session loaded once (its ``threads``, and a memory budget
+Ray reserves for it with the model's stage files). A bad item is a failed record, not a
+failed task. The driver appends each finished item to the results file as it streams back,
+so a stopped job resumes where it stopped. Ray Data restarts an actor whose process dies
+and retries its items, without limit: a worker lost with its node costs time, not items.
+
+Ray is an extra (``pip install 'edgerestore[ray]'``), imported only when a job runs. Every
+node reads the bundle and the inputs and writes the outputs under the same paths: a shared
+file system, and edgerestore installed on each node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .budget import DEFAULT_BUDGET_MB
+from .bundle import Bundle
+from .errors import EdgeRestoreError
+from .jobs import RESULTS_NAME, Item, Results, fingerprint, list_items, remove_partial_outputs, restore_item
+from .optional import missing
+
+# The session options a job passes on, with edgerestore.load's defaults (a job's fingerprint
+# is the same whether an option was left out or given its default).
+SESSION_OPTIONS = {"tile": None, "overlap": None, "whole": None, "min_confidence": 0.5, "route_policy": "tile"}
+
+
+@dataclass
+class Report:
+    """What a job did: items restored now, done by an earlier run, failed (with reasons)."""
+
+    items: int
+    restored: int
+    skipped: int
+    failed: dict[str, str] = field(default_factory=dict)  # source -> error
+    seconds: float = 0.0
+    actors: int = 0
+    threads: int = 1
+    output: str = ""
+    results: str = ""
+    gmac_per_image: float | None = None
+    psnr: float | None = None  # mean over the items restored now that had a ground truth
+
+    @property
+    def images_per_second(self) -> float:
+        return self.restored / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "images_per_second": self.images_per_second}
+
+
+def restore(bundle: str | os.PathLike[str], sources: list[str | os.PathLike[str]], output: str | os.PathLike[str], *,
+            backend: str = "auto", precision: str | None = None, memory_budget: float = DEFAULT_BUDGET_MB,
+            threads: int = 1, actors_per_node: int | None = None, actors: int | None = None, gpus_per_actor: float = 0,
+            address: str | None = None, gt: str | os.PathLike[str] | None = None,
+            results: str | os.PathLike[str] | None = None, progress: Callable[[dict], None] | None = None,
+            on_start: Callable[[int, int], None] | None = None, **session_options: Any) -> Report:
+    """Restore the images of ``sources`` (files, folders, file lists) into the folder
+    ``output`` on the Ray cluster at ``address`` (``RAY_ADDRESS``; a local one when neither,
+    or the one this process already joined). ``progress`` sees each finished item's record,
+    ``on_start`` the numbers of items to restore and skipped. ``actors`` caps the actors in
+    all (default: what the nodes hold, see :func:`_actor_count`). Session options as
+    :func:`edgerestore.load`."""
+    unknown = set(session_options) - set(SESSION_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown session option(s): {', '.join(sorted(unknown))}")
+    session_options = {**SESSION_OPTIONS, **session_options}
+    Bundle(bundle)  # a broken bundle fails here, in one line, not in every actor
+    items = list_items(sources, output, gt)
+    key = fingerprint(bundle, backend, precision, session_options)
+    log = Results(results or Path(output) / RESULTS_NAME)
+    done = log.finished(key)
+    pending = [item for item in items if done.get(item.output, {}).get("source") != item.source]
+    report = Report(len(items), 0, len(items) - len(pending), threads=threads, output=str(output),
+                    results=str(log.path))
+    if on_start:
+        on_start(len(pending), report.skipped)
+    if not pending:
+        return report
+    ray = _ray()
+    _connect(ray, address)
+    megabytes = memory_budget + _stage_megabytes(bundle)  # what Ray reserves for an actor
+    report.actors = min(_actor_count(ray, threads, megabytes, actors_per_node, gpus_per_actor),
+                        actors or len(pending), len(pending))
+    start = time.perf_counter()
+    macs, scores = [], []
+    try:
+        for record in _run(ray, pending, bundle, key, report.actors, threads, megabytes, gpus_per_actor,
+                           dict(backend=backend, precision=precision, memory_budget=memory_budget, **session_options)):
+            log.append([record])
+            if record["status"] == "ok":
+                report.restored += 1
+                macs.append(record["gmac"])
+                if "psnr" in record:
+                    scores.append(record["psnr"])
+            else:
+                report.failed[record["source"]] = record["error"]
+            if progress:
+                progress(record)
+    finally:
+        remove_partial_outputs(pending)
+        report.seconds = time.perf_counter() - start
+    report.gmac_per_image = float(np.mean(macs)) if macs else None
+    report.psnr = float(np.mean(scores)) if scores else None
+    return report
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401 - Ray without its data library (pip install ray) cannot run a job
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in ("ray", "pyarrow", "pandas"):
+            raise
+        raise EdgeRestoreError(missing("ray", "--ray")) from None
+    return ray
+
+
+def _connect(ray, address: str | None) -> None:
+    if ray.is_initialized():  # an application (or a test) that started or joined a cluster itself
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+                 configure_logging=True, log_to_driver=False)
+    except ConnectionError as exc:
+        raise EdgeRestoreError(f"cannot join the Ray cluster at '{address or os.environ.get('RAY_ADDRESS')}': "
+                               f"{str(exc).splitlines()[0]}") from None
+
+
+def _actor_count(ray, threads: int, megabytes: float, per_node: int | None, gpus: float) -> int:
+    """Actors the live nodes hold: as many as their CPUs take at ``threads`` each, their memory
+    at ``megabytes`` each (and their GPUs at ``gpus`` each), at most ``per_node`` on a node. A
+    pool larger than the cluster holds would wait for actors that never start."""
+    total = 0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        resources = node.get("Resources", {})
+        fit = min(int(resources.get("CPU", 0) // threads), int(resources.get("memory", 0) // (megabytes * 2**20)))
+        if gpus:
+            fit = min(fit, int(resources.get("GPU", 0) // gpus))
+        total += fit if per_node is None else min(fit, per_node)
+    if total < 1:
+        raise EdgeRestoreError(f"no node of the Ray cluster has {threads} CPU(s), {megabytes:.0f} MB of memory"
+                               + (f" and {gpus:g} GPU(s)" if gpus else "") + " for one actor (a smaller "
+                               "--memory-budget or --threads may fit)")
+    return total
+
+
+def _run(ray, items: list[Item], bundle, key: str, actors: int, threads: int, megabytes: float, gpus: float,
+         options: dict):
+    """The finished items' records, in the order they finish."""
+    from ray.data import ActorPoolStrategy, DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False  # the command draws its own bar, per item
+    context.enable_operator_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes on our own settings
+    # Blocks (tasks) of a few items: results stream back while the job runs, a retried task
+    # redoes few items, and a task's overhead is small beside a few restorations.
+    rows = [{"source": i.source, "output": i.output, "gt": i.gt} for i in items]
+    dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), max(actors * 4, -(-len(rows) // 4))))
+    mapped = dataset.map_batches(_Restorer, batch_size=1, compute=ActorPoolStrategy(size=actors),
+                                 fn_constructor_kwargs={"bundle": str(bundle), "key": key, "threads": threads,
+                                                        "options": options},
+                                 num_cpus=threads, num_gpus=gpus or None, memory=megabytes * 2**20)
+    try:
+        for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
+            for line in batch["record"]:
+                yield json.loads(str(line))
+    except EdgeRestoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Ray's errors wrap the cause in pages of traceback
+        raise EdgeRestoreError(f"the Ray job stopped: {_first_line(exc)} (finished items are recorded; "
+                               "run the same command again to resume)") from None
+
+
+def _stage_megabytes(bundle) -> float:
+    """The model an actor holds besides its budget: the bundle's stage files, an upper bound."""
+    return sum(p.stat().st_size for p in Path(bundle).rglob("*.onnx")) / 2**20
+
+
+class _Restorer:
+    """A Ray actor's work: one session, loaded once when the actor starts (again when Ray
+    restarts it), then the items Ray hands it."""
+
+    def __init__(self, bundle: str, key: str, threads: int, options: dict):
+        from .session import Session
+
+        self.session = Session(bundle, threads=threads, **options)
+        self.key = key
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        records = [json.dumps(restore_item(self.session, Item(str(s), str(o), str(g)), self.key))
+                   for s, o, g in zip(batch["source"], batch["output"], batch["gt"])]
+        return {"record": np.array(records, dtype=object)}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    cause = exc
+    while cause.__cause__ is not None:  # the worker's own error, not Ray's wrapper
+        cause = cause.__cause__
+        text = str(cause).strip() or text
+    return text.splitlines()[0] if text else type(exc).__name__
+
