@@ -151,7 +151,7 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
     else:
         fp32_layers = default_fp32_layers(bundle)
 
-    share = int8_mac_share(bundle, layers, fp32_layers)
+    share = int8_mac_share(bundle, layers, fp32_layers, _input_shapes(aware, agnostic))
     if share == 0.0:  # nothing left in INT8: refuse to write an "INT8" bundle
         why = f"the sensitivity search for --max-drop {options.max_drop:g} dB" if search else "the FP32 policy"
         raise EdgeRestoreError(f"{why} keeps every compute layer ({len(layers)}) in FP32: the bundle would have no "
@@ -173,6 +173,17 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
     _write_calibration_json(root, options, report, shipped, amax_aware, amax_agnostic, effective, caches,
                             fallback, aware, agnostic, fp32_layers, writer.shifts, equalization)
     return write_manifest(root, writer.manifest(caches, final=True)), report
+
+
+def _input_shapes(*captures: Capture | None) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Each stage's input shapes from the first tiles a capture kept for it (route-aware
+    first; a stage no routed tile reached, from the route-agnostic pass)."""
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    for found in captures:
+        for stage, batches in (found.feeds.items() if found is not None else ()):
+            if batches and stage not in shapes:
+                shapes[stage] = {name: tuple(value.shape) for name, value in batches[0].items()}
+    return shapes
 
 
 def _equalize(root: Path, bundle: Bundle, samples: list[Sample], routed: bool, alpha: float, work: Path,
