@@ -51,6 +51,7 @@ def gst(tmp_path_factory, runtime_wheel) -> dict[str, str]:
     ``edgerestore gst-plugin-path``, a registry of its own, the venv first on PATH."""
     root = tmp_path_factory.mktemp("gst")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
+    env["PATH"] = _without_venvs(env.get("PATH", ""))
     env["GST_REGISTRY"] = str(root / "registry.bin")
     missing = _missing(env)
     if missing is not None:
@@ -66,6 +67,13 @@ def gst(tmp_path_factory, runtime_wheel) -> dict[str, str]:
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
     env["EDGERESTORE_GST_PYTHON"] = str(python)
     return env
+
+
+def _without_venvs(path: str) -> str:
+    """PATH less the bin folders of virtual environments. The Python GStreamer embeds finds its
+    home through the first ``python3`` on PATH: the suite's venv (another Python) there makes
+    pygobject's initialization fail in the plugin scanner, and the ``python`` loader vanishes."""
+    return os.pathsep.join(p for p in path.split(os.pathsep) if p and not (Path(p).parent / "pyvenv.cfg").exists())
 
 
 def _check(command: list, what: str, env: dict | None = None) -> subprocess.CompletedProcess:
