@@ -75,6 +75,21 @@ def atomic_directory(target: str | Path, replace_if=None) -> Iterator[Path]:
         raise
 
 
+TEMPORARY_MARK = ".tmp-"  # atomic_file's temporary for "NAME" is ".NAME.tmp-XXXX[suffix]"
+
+
+def _temporary_prefix(target: Path) -> str:
+    return f".{target.name}{TEMPORARY_MARK}"
+
+
+def leftover_of(name: str) -> str | None:
+    """The target name whose :func:`atomic_file` temporary ``name`` is (a file a killed
+    process never renamed), or None for any other file."""
+    if not name.startswith(".") or TEMPORARY_MARK not in name:
+        return None
+    return name[1:].rsplit(TEMPORARY_MARK, 1)[0]
+
+
 @contextmanager
 def atomic_file(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the target's directory that is renamed to ``target``
@@ -83,7 +98,7 @@ def atomic_file(target: str | Path, suffix: str = "") -> Iterator[Path]:
     target = Path(target)
     parent = target.parent if str(target.parent) else Path(".")
     _check_writable_dir(parent, target)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=suffix or target.suffix, dir=parent)
+    fd, name = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=suffix or target.suffix, dir=parent)
     os.close(fd)
     tmp = Path(name)
     os.chmod(tmp, default_mode(directory=False))

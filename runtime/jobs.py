@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from . import imageio, metrics
+from .atomic import leftover_of
 from .errors import EdgeRestoreError
+from .schema import file_sha256
 from .session import Session
 
 RESULTS_NAME = "edgerestore-results.jsonl"
@@ -132,7 +134,7 @@ def restore_item(session: Session, item: Item, key: str) -> dict:
             record["psnr"] = _psnr(result.image, imageio.read_image(item.gt), item.gt)
         Path(item.output).parent.mkdir(parents=True, exist_ok=True)
         imageio.write_image(item.output, result.image, image.alpha, image.metadata)
-        record.update(status="ok", sha256=hashlib.sha256(Path(item.output).read_bytes()).hexdigest(),
+        record.update(status="ok", sha256=file_sha256(Path(item.output)),
                       gmac=result.gmac, full_gmac=result.full_gmac,
                       bypass_share=result.cheap_share(session.bundle.plan),
                       branches={name: np.bincount(choice[choice >= 0]).tolist() for name, choice in
@@ -156,14 +158,14 @@ def _psnr(restored: np.ndarray, gt: imageio.Image, path: str) -> float:
 
 
 def remove_partial_outputs(items: list[Item]) -> int:
-    """Delete the temporary files (``.name.tmp-*``, :mod:`.atomic`) of the items' outputs that
-    a killed worker left behind; returns how many."""
+    """Delete the temporary files (:func:`.atomic.leftover_of`) of the items' outputs that a
+    killed worker left behind, one listing per output folder; returns how many."""
     removed = 0
     for folder, names in _by_folder(items).items():
         if not folder.is_dir():
             continue
         for entry in folder.iterdir():
-            if entry.name.startswith(".") and ".tmp-" in entry.name and entry.name[1:].split(".tmp-")[0] in names:
+            if leftover_of(entry.name) in names:
                 entry.unlink(missing_ok=True)
                 removed += 1
     return removed

@@ -33,20 +33,35 @@ SIZE = "width=161,height=120"  # an odd width: RGB rows are padded to 4 bytes
 
 
 def _missing(env: dict[str, str]) -> str | None:
-    """The Debian package this machine lacks for the element's tests, or None."""
+    """The Debian package this machine lacks for the element's tests, or None. A check that
+    fails although its package is installed is a failure, not a skip: a broken loader (e.g. a
+    venv's python3 first on PATH) must not pass for a missing one."""
     if shutil.which("gst-launch-1.0") is None or shutil.which("gst-inspect-1.0") is None:
         return "gstreamer1.0-tools"
-    if not Path(SYSTEM_PYTHON).exists() or subprocess.run([SYSTEM_PYTHON, "-c", GI_PROBE],
-                                                          capture_output=True).returncode:
+    checks = [("python3-gst-1.0", [SYSTEM_PYTHON, "-c", GI_PROBE])] if Path(SYSTEM_PYTHON).exists() else []
+    checks += [(package, ["gst-inspect-1.0", name]) for name, package in ELEMENTS.items()]
+    if not checks or checks[0][0] != "python3-gst-1.0":
         return "python3-gst-1.0"
-    for name, package in ELEMENTS.items():
-        if subprocess.run(["gst-inspect-1.0", name], capture_output=True, env=env).returncode:
+    for package, command in checks:
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        if result.returncode:
+            if _installed(package):
+                pytest.fail(f"{package} is installed, yet `{' '.join(command[:2])}` fails:\n"
+                            + (result.stdout + result.stderr).strip()[-2000:])
             return package
     return None
 
 
+def _installed(package: str) -> bool:
+    """Whether dpkg lists ``package`` as installed (False where there is no dpkg)."""
+    if shutil.which("dpkg-query") is None:
+        return False
+    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
+    return status.returncode == 0 and "ok installed" in status.stdout
+
+
 @pytest.fixture(scope="session")
-def gst(tmp_path_factory, runtime_wheel) -> dict[str, str]:
+def gst(tmp_path_factory, request) -> dict[str, str]:
     """The environment GStreamer runs the element in: GST_PLUGIN_PATH from the venv's
     ``edgerestore gst-plugin-path``, a registry of its own, the venv first on PATH."""
     root = tmp_path_factory.mktemp("gst")
@@ -56,6 +71,7 @@ def gst(tmp_path_factory, runtime_wheel) -> dict[str, str]:
     missing = _missing(env)
     if missing is not None:
         pytest.skip(f"GStreamer with gst-python is not installed: apt install {missing} (see .ci/run)")
+    runtime_wheel = request.getfixturevalue("runtime_wheel")  # only once GStreamer is known to be here
     venv = root / "venv"
     _check([SYSTEM_PYTHON, "-m", "venv", "--without-pip", "--system-site-packages", venv], "creating the venv")
     python = venv / "bin" / "python"

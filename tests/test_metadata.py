@@ -70,15 +70,20 @@ def test_large_icc_profile_spans_jpeg_segments(tmp_path):
         assert pil.info["icc_profile"] == big
 
 
-def test_no_metadata_leaves_files_unchanged(tmp_path):
-    """An image without metadata is encoded exactly as before (no empty chunks or segments)."""
+def test_metadata_changes_no_pixel_and_none_adds_nothing(tmp_path):
+    """The same pixels written with and without metadata: the one without has no eXIf or iCCP
+    chunk (none empty either), the other has both, and both decode to the same pixels."""
     pixels = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    PILImage.fromarray(pixels).save(tmp_path / "plain.png")
-    image = imageio.read_image(tmp_path / "plain.png")
-    assert image.metadata is None
-    imageio.write_image(tmp_path / "a.png", image.pixels, metadata=image.metadata)
-    imageio.write_image(tmp_path / "b.png", image.pixels)
-    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    PILImage.fromarray(pixels).save(tmp_path / "pillow.png")
+    metadata = imageio.Metadata(exif=exif_block().tobytes()[len(b"Exif\0\0"):], icc=icc_profile())
+    imageio.write_image(tmp_path / "none.png", pixels)
+    imageio.write_image(tmp_path / "with.png", pixels, metadata=metadata)
+    plain, tagged = (tmp_path / "none.png").read_bytes(), (tmp_path / "with.png").read_bytes()
+    assert b"iCCP" not in plain and b"eXIf" not in plain and b"iCCP" in tagged and b"eXIf" in tagged
+    with PILImage.open(tmp_path / "pillow.png") as a, PILImage.open(tmp_path / "none.png") as b:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(imageio.read_image(tmp_path / "with.png").pixels, pixels)
+    np.testing.assert_array_equal(imageio.read_image(tmp_path / "none.png").pixels, pixels)
 
 
 def test_restore_keeps_metadata(run_cli, small_bundle, tmp_path):
