@@ -79,7 +79,7 @@ def restore(bundle: str | os.PathLike[str], sources: list[str | os.PathLike[str]
     if unknown:
         raise TypeError(f"unknown session option(s): {', '.join(sorted(unknown))}")
     session_options = {**SESSION_OPTIONS, **session_options}
-    Bundle(bundle)  # a broken bundle fails here, in one line, not in every actor
+    loaded = Bundle(bundle)  # a broken bundle fails here, in one line, not in every actor
     items = list_items(sources, output, gt)
     key = fingerprint(bundle, backend, precision, session_options)
     log = Results(results or Path(output) / RESULTS_NAME)
@@ -93,7 +93,7 @@ def restore(bundle: str | os.PathLike[str], sources: list[str | os.PathLike[str]
         return report
     ray = _ray()
     _connect(ray, address)
-    megabytes = memory_budget + _stage_megabytes(bundle)  # what Ray reserves for an actor
+    megabytes = memory_budget + _stage_megabytes(loaded, precision)  # what Ray reserves for an actor
     report.actors = min(_actor_count(ray, threads, megabytes, actors_per_node, gpus_per_actor),
                         actors or len(pending), len(pending))
     start = time.perf_counter()
@@ -190,9 +190,13 @@ def _run(ray, items: list[Item], bundle, key: str, actors: int, threads: int, me
                                "run the same command again to resume)") from None
 
 
-def _stage_megabytes(bundle) -> float:
-    """The model an actor holds besides its budget: the bundle's stage files, an upper bound."""
-    return sum(p.stat().st_size for p in Path(bundle).rglob("*.onnx")) / 2**20
+def _stage_megabytes(bundle: Bundle, precision: str | None) -> float:
+    """The model an actor holds besides its budget: the stage files of the precision it will
+    load (without one, the largest set of the bundle's precisions: an upper bound)."""
+    precisions = [precision] if precision else bundle.precisions
+    sizes = [sum((bundle.root / spec.files[p]).stat().st_size for spec in bundle.stages.values() if p in spec.files)
+             for p in precisions]
+    return max(sizes, default=0) / 2**20
 
 
 class _Restorer:
