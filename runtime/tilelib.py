@@ -36,7 +36,8 @@ import numpy as np
 from .errors import EdgeRestoreError
 from .tiling import TileGrid
 
-ABI_VERSION = 1
+ABI_VERSION = 2
+CUDA_ABI_VERSION = 1  # the CUDA library has no whole-frame functions (yet)
 MERGE_PIXELWISE = 1  # flag: evaluate the per-pixel gather exactly as the CUDA kernels do
 
 _c_int, _c_i64, _c_float, _ptr = ctypes.c_int, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
@@ -51,6 +52,8 @@ _SIGNATURES = {
     "er_extract_f32": ([_ptr, _c_i64, *_GEOMETRY, _c_float, _c_float, _ptr], _c_int),
     "er_merge_f32": ([_ptr, *_GEOMETRY, _c_int, _c_int, _ptr, _c_i64, _c_int], _c_int),
     "er_merge_u8": ([_ptr, *_GEOMETRY, _c_int, _c_int, _c_float, _c_float, _ptr, _c_i64, _c_int], _c_int),
+    "er_planes_from_u8": ([_ptr, _c_i64, _c_int, _c_int, _c_int, _c_float, _c_float, _ptr], _c_int),
+    "er_planes_to_u8": ([_ptr, *[_c_int] * 5, _c_float, _c_float, _ptr, _c_i64], _c_int),
 }
 _CUDA_SIGNATURES = {
     "er_cuda_version": ([], _c_int),
@@ -159,9 +162,9 @@ def load_cuda() -> ctypes.CDLL | None:
         lib = _bind(ctypes.CDLL(str(path)), _CUDA_SIGNATURES)
     except (OSError, AttributeError) as exc:
         raise EdgeRestoreError(f"cannot load the CUDA tile library {path}: {exc}") from exc
-    if lib.er_cuda_version() != ABI_VERSION:
+    if lib.er_cuda_version() != CUDA_ABI_VERSION:
         raise EdgeRestoreError(f"the CUDA tile library {path} has ABI version {lib.er_cuda_version()}, this module "
-                               f"expects {ABI_VERSION}: rebuild it")
+                               f"expects {CUDA_ABI_VERSION}: rebuild it")
     return lib
 
 
@@ -286,3 +289,40 @@ def merge_u8(tiles: np.ndarray, grid: TileGrid, lo: float = 0.0, hi: float = 1.0
                               grid.ramp, lo, hi, view.ctypes.data, pitch, MERGE_PIXELWISE if pixelwise else 0),
            "merge")
     return result
+
+
+def planes_from_u8(image: np.ndarray, lo: float = 0.0, hi: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
+    """A whole uint8 HxWxC (or HxW) frame -> float32 planes (C, H, W): each value as
+    :func:`extract` gives it (lo + (hi - lo) * pixel / 255). ``out`` may be a preallocated
+    C-contiguous (C, H, W) float32 array (a stage's input buffer)."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise EdgeRestoreError("planes_from_u8 takes a uint8 numpy frame")
+    frame = image[:, :, None] if image.ndim == 2 else image
+    if frame.ndim != 3 or frame.shape[2] < 1:
+        raise EdgeRestoreError(f"image must be HxW or HxWxC, got shape {image.shape}")
+    frame, pitch = _frame_layout(frame)
+    h, w, c = frame.shape
+    if out is None:
+        out = np.empty((c, h, w), np.float32)
+    elif out.shape != (c, h, w) or out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable:
+        raise EdgeRestoreError(f"out must be a writeable C-contiguous float32 array of shape {(c, h, w)}")
+    _check(load().er_planes_from_u8(frame.ctypes.data, pitch, h, w, c, lo, hi, out.ctypes.data), "planes_from_u8")
+    return out
+
+
+def planes_to_u8(planes: np.ndarray, height: int, width: int, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
+    """float32 planes (C, PH, PW) -> the top-left ``height`` x ``width`` as a uint8 HxWxC frame,
+    each pixel as :func:`merge_u8` writes one that a single tile covers: (value - lo) / (hi - lo)
+    clamped to [0, 1], times 255, rounded half to even."""
+    if not isinstance(planes, np.ndarray) or planes.dtype != np.float32 or planes.ndim != 3:
+        raise EdgeRestoreError("planes_to_u8 takes float32 planes (C, H, W)")
+    if not hi != lo:
+        raise EdgeRestoreError(f"planes_to_u8 needs hi != lo, got lo={lo} hi={hi}")
+    planes = np.ascontiguousarray(planes)
+    c, ph, pw = planes.shape
+    if not (0 < height <= ph and 0 < width <= pw):
+        raise EdgeRestoreError(f"a {width}x{height} frame does not fit in planes of {pw}x{ph}")
+    out = np.empty((height, width, c), np.uint8)
+    _check(load().er_planes_to_u8(planes.ctypes.data, ph, pw, height, width, c, lo, hi, out.ctypes.data,
+                                  out.strides[0]), "planes_to_u8")
+    return out

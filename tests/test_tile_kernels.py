@@ -141,6 +141,48 @@ def test_extract_equals_slicing(c, dtype, lo, hi):
                                                                                        frame[0, :5].T)
 
 
+# ---------------------------------------------------------------- (3b) whole frames
+@pytest.mark.parametrize("c", [1, 3, 4])
+@pytest.mark.parametrize("lo,hi", [(0.0, 1.0), (-1.0, 1.0), (0.0, 255.0)])
+def test_whole_frame_planes_equal_the_reference(c, lo, hi):
+    h, w = 37, 61
+    rng = np.random.default_rng(c)
+    frame = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
+    planes = tilelib.planes_from_u8(frame, lo, hi)
+    expected = F32(lo) + (F32(hi) - F32(lo)) * (frame.astype(F32) / F32(255)).transpose(2, 0, 1)
+    assert planes.shape == (c, h, w) and np.array_equal(planes, expected)
+    assert np.array_equal(tilelib.planes_to_u8(planes, h, w, lo, hi), frame)  # the round trip is exact
+    # A restored (padded) result: out-of-range values, halfway values, a crop of the planes.
+    restored = np.concatenate([planes, planes[:, :5]], 1) * F32(1.3) - F32(0.1)
+    restored[:, 0, :4] = F32(lo) + (F32(hi) - F32(lo)) * F32(0.5) / F32(255) * np.array([1, 3, 5, 7], F32)
+    out = tilelib.planes_to_u8(restored, h, w - 2, lo, hi)
+    assert np.array_equal(out, ref_to_u8(restored[:, :h, :w - 2].transpose(1, 2, 0), lo, hi))
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_whole_frame_is_a_single_tile(c):
+    """A square frame run whole and as one tile of its size: the same values both ways."""
+    side = 64
+    frame = np.random.default_rng(7).integers(0, 256, (side, side, c), dtype=np.uint8)
+    grid = TileGrid(side, side, side, 0)
+    assert np.array_equal(tilelib.planes_from_u8(frame, -1, 1), tilelib.extract(frame, grid, -1, 1)[0])
+    restored = np.random.default_rng(8).uniform(-1.2, 1.2, (1, c, side, side)).astype(F32)
+    assert np.array_equal(tilelib.planes_to_u8(restored[0], side, side, -1, 1),
+                          tilelib.merge_u8(restored, grid, -1, 1))
+
+
+def test_whole_frame_reads_pitched_frames_and_checks_arguments():
+    parent = np.random.default_rng(9).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    crop = parent[5:75, 11:101]
+    assert np.array_equal(tilelib.planes_from_u8(crop), tilelib.planes_from_u8(np.ascontiguousarray(crop)))
+    with pytest.raises(EdgeRestoreError, match="uint8"):
+        tilelib.planes_from_u8(crop.astype(F32))
+    with pytest.raises(EdgeRestoreError, match="does not fit"):
+        tilelib.planes_to_u8(np.zeros((3, 10, 10), F32), 11, 10)
+    with pytest.raises(EdgeRestoreError, match="hi != lo"):
+        tilelib.planes_to_u8(np.zeros((3, 10, 10), F32), 10, 10, 1.0, 1.0)
+
+
 # ---------------------------------------------------------------- (4) pitched frames
 @pytest.mark.parametrize("c", [1, 3])
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])

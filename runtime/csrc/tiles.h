@@ -292,4 +292,14 @@ ER_HD void merge_pixel_u8(const TileGeometry& g, const float* tiles, int y, int 
     }
 }
 
+// ---------------------------------------------------------------- whole frames
+// A frame run whole is one tile the size of the frame: no overlap, weight 1 everywhere. Its
+// planes hold extract's values and the frame gets the merge's value for a pixel one tile
+// covers (finalize of 0 + 1 * v over a weight sum of 1), so whole and tiled runs of the same
+// network round the same way.
+ER_HD float plane_value_u8(uint8_t p, float lo, float range) { return normalize_u8(p, lo, range); }
+ER_HD uint8_t frame_value_u8(float v, float lo, float range) {
+    return (uint8_t)(int)finalize_u8_value(fadd(0.0f, fmul(1.0f, v)), fadd(0.0f, 1.0f), lo, range);
+}
+
 }  // namespace er

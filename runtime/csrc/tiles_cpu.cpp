@@ -25,6 +25,13 @@
 //   the CUDA kernels do; the default path evaluates the same gather for a run of pixels that
 //   share their covering tiles with the pixel loop innermost (SIMD). Both give the same bits.
 //   int er_cpu_isa(void)                    merge kernels in use: 0 portable, 1 x86 AVX2
+//   int er_planes_from_u8(const uint8_t* src, int64_t src_pitch, int height, int width,
+//                         int channels, float lo, float hi, float* planes)
+//           a whole frame as float32 planes (C, height, width): extract's value per pixel
+//   int er_planes_to_u8(const float* planes, int plane_height, int plane_width, int height,
+//                       int width, int channels, float lo, float hi, uint8_t* out, int64_t out_pitch)
+//           planes (C, plane_height, plane_width) -> the top-left height x width of the frame:
+//           the merge's uint8 value for a pixel one tile covers (a padded frame is cropped)
 //
 // The merge kernels (second half of this file) are compiled twice on x86-64 with GCC: once
 // for the baseline ISA and once for AVX2 (this file includes itself), picked at run time by
@@ -58,7 +65,7 @@
 #define ER_API extern "C" __attribute__((visibility("default")))
 #endif
 
-#define ER_ABI_VERSION 1
+#define ER_ABI_VERSION 2
 #define ER_MERGE_PIXELWISE 1
 
 using er::TileGeometry;
@@ -220,6 +227,45 @@ ER_API int er_extract_f32(const float* src, int64_t src_pitch, int height, int w
     if (int status = check_pitch(g, src_pitch, sizeof(float))) return status;
     const float range = er::fsub(hi, lo);
     extract_rows(g, src, src_pitch, tiles, [=](float v) { return er::normalize_f32(v, lo, range); });
+    return er::kOk;
+}
+
+ER_API int er_planes_from_u8(const uint8_t* src, int64_t src_pitch, int height, int width, int channels, float lo,
+                             float hi, float* planes) {
+    if (height < 1 || width < 1) return er::kBadGeometry;
+    if (channels < 1) return er::kBadChannels;
+    if (!src || !planes) return er::kNullPointer;
+    if (src_pitch < (int64_t)width * channels) return er::kBadPitch;
+    const float range = er::fsub(hi, lo);
+    const int64_t plane = (int64_t)height * width;
+#pragma omp parallel for schedule(static)
+    for (int y = 0; y < height; ++y) {
+        const uint8_t* row = src + y * src_pitch;
+        for (int c = 0; c < channels; ++c) {
+            float* dst = planes + c * plane + (int64_t)y * width;
+            for (int x = 0; x < width; ++x) dst[x] = er::plane_value_u8(row[(int64_t)x * channels + c], lo, range);
+        }
+    }
+    return er::kOk;
+}
+
+ER_API int er_planes_to_u8(const float* planes, int plane_height, int plane_width, int height, int width,
+                           int channels, float lo, float hi, uint8_t* out, int64_t out_pitch) {
+    if (height < 1 || width < 1 || height > plane_height || width > plane_width) return er::kBadGeometry;
+    if (channels < 1) return er::kBadChannels;
+    if (!planes || !out) return er::kNullPointer;
+    if (out_pitch < (int64_t)width * channels) return er::kBadPitch;
+    if (!(hi != lo)) return er::kBadRange;
+    const float range = er::fsub(hi, lo);
+    const int64_t plane = (int64_t)plane_height * plane_width;
+#pragma omp parallel for schedule(static)
+    for (int y = 0; y < height; ++y) {
+        uint8_t* row = out + y * out_pitch;
+        for (int c = 0; c < channels; ++c) {
+            const float* src = planes + c * plane + (int64_t)y * plane_width;
+            for (int x = 0; x < width; ++x) row[(int64_t)x * channels + c] = er::frame_value_u8(src[x], lo, range);
+        }
+    }
     return er::kOk;
 }
 
