@@ -19,6 +19,7 @@ segment, whatever the decoder's reordering.
 from __future__ import annotations
 
 import heapq
+import io
 import os
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -299,7 +300,7 @@ def join(parts: list[Path], source: str | os.PathLike[str], target: Path, name: 
             streams = [(inputs[0].streams.video[0], video)]
             for track in origin.streams.audio:
                 codec = track.codec_context.name
-                if codec not in output.supported_codecs:
+                if not _fits(output.format.name, inputs[0].streams.video[0], track):
                     on_notice("audio", f"audio track {track.index} ({codec}) cannot be stored in "
                               f"'{Path(name).suffix}' and is left out (.mkv holds any codec)")
                     continue
@@ -317,6 +318,20 @@ def join(parts: list[Path], source: str | os.PathLike[str], target: Path, name: 
     finally:
         for container in (*inputs, origin):
             container.close()
+
+
+def _fits(format_name: str, video, track) -> bool:
+    """Whether the container takes ``track`` beside ``video``: writing a header in memory is
+    the test (its supported_codecs list is wider than what the muxer accepts: FLAC in .mov)."""
+    av = _av()
+    try:
+        with av.open(io.BytesIO(), "w", format=format_name) as trial:
+            trial.add_stream_from_template(video)
+            trial.add_stream_from_template(track)
+            trial.start_encoding()
+    except (av.FFmpegError, ValueError):
+        return False
+    return True
 
 
 def _video_packets(inputs, stream) -> Iterator[tuple[Fraction, object]]:

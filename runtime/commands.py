@@ -99,6 +99,9 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
               help="Streams: frames buffered between decode, restore and encode (bounds the memory).")
 @click.option("--frames", "max_frames", type=click.IntRange(1), default=None,
               help="Streams: stop after this many source frames (a camera runs until Ctrl-C otherwise).")
+@click.option("--codec", default=None, metavar="NAME",
+              help="A video restored from a video file: FFmpeg's encoder (needs PyAV, the video extra), e.g. ffv1 "
+                   "(lossless), libx264. Default: mpeg4 (.mp4, .mkv, .mov), mjpeg (.avi).")
 @click.option("--ray", "on_ray", is_flag=True,
               help="Run on a Ray cluster (the ray extra): actors each hold one session; resumable, with a results "
                    "file in OUTPUT. Inputs, OUTPUT and BUNDLE must be on a file system every node sees.")
@@ -112,8 +115,8 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
               help="--ray: ground-truth directory with the inputs' file names; each item's PSNR goes in the results.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def restore_command(bundle, inputs, output, backend, precision, tile, overlap, whole, memory_budget, threads,
-                    min_confidence, route_policy, route_map, realtime, queue_size, max_frames, on_ray, ray_address,
-                    actors_per_node, gpus_per_actor, gt, as_json):
+                    min_confidence, route_policy, route_map, realtime, queue_size, max_frames, codec, on_ray,
+                    ray_address, actors_per_node, gpus_per_actor, gt, as_json):
     """Restore images or a stream with BUNDLE.
 
     INPUTS are image files or directories of images; or one video file, camera index
@@ -158,7 +161,9 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
             raise EdgeRestoreError("--route-map needs exactly one input image, not a stream")
         factory = lambda: make_session(bundle, backend, precision, tile, overlap, whole, memory_budget,  # noqa: E731
                                        threads, min_confidence, route_policy)
-        return restore_stream(factory, list(inputs), output, realtime, queue_size, max_frames, as_json)
+        return restore_stream(factory, list(inputs), output, realtime, queue_size, max_frames, as_json, codec)
+    if codec is not None:
+        raise EdgeRestoreError("--codec picks the encoder of a video output; these inputs are restored as images")
     files: list[Path] = []
     for path in map(Path, inputs):
         files.extend(imageio.list_images(path) if path.is_dir() else [path])
