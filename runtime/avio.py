@@ -40,6 +40,7 @@ PART_SUFFIX = ".nut"
 # Pixel formats tried in order: RGB ones first, so a lossless codec (FFV1, libx264rgb) keeps
 # the restored pixels exactly; then 4:2:0 (full range for MJPEG, which wants it).
 _RGB_FORMATS = ("rgb24", "bgr24", "bgr0", "gbrp")
+_OVERSHOT = object()  # a seek that landed after the segment's start
 
 
 def available():
@@ -175,14 +176,35 @@ class AvSource:
         self.description = f"video '{path}'"
 
     def __iter__(self) -> Iterator[Frame | Skipped]:
-        av, container, segment = self.av, self.container, self.segment
-        stream = container.streams.video[0]
-        start, end = (segment.start, segment.end) if segment else (None, None)
-        if start is not None:
-            container.seek(start, stream=stream, backward=True, any_frame=False)  # the keyframe at start
-        index = segment.first if segment else 0
+        stream = self.container.streams.video[0]
         decoded = 0
-        for packet in container.demux(stream):
+        for item in self._decode(stream, None, None) if self.segment is None else self._segment(stream):
+            decoded += isinstance(item, Frame)
+            yield item
+        if not decoded:
+            raise EdgeRestoreError(f"{self.description} has no frame that can be decoded")
+
+    def _segment(self, stream) -> Iterator[Frame | Skipped]:
+        """The segment's frames, decoded from the keyframe at its start; a demuxer whose index
+        lands past that keyframe (the first frame comes later) is read from the beginning."""
+        segment = self.segment
+        self.container.seek(segment.start, stream=stream, backward=True, any_frame=False)
+        for item in self._decode(stream, segment.start, segment.end, exact=True):
+            if item is _OVERSHOT:
+                break
+            yield item
+        else:
+            return
+        self.container.seek(stream.start_time or 0, stream=stream, backward=True, any_frame=False)
+        yield from self._decode(stream, segment.start, segment.end)
+
+    def _decode(self, stream, start: int | None, end: int | None, exact: bool = False):
+        """Frames with ``start <= pts < end`` in presentation order; ``exact``: end with
+        _OVERSHOT instead when the first frame decoded comes after ``start``."""
+        av = self.av
+        index = self.segment.first if self.segment else 0
+        first = True
+        for packet in self.container.demux(stream):
             try:
                 frames = packet.decode()
             except av.FFmpegError as exc:
@@ -192,15 +214,16 @@ class AvSource:
                 continue
             for frame in frames:
                 pts = frame.pts
+                if exact and first and start is not None and pts is not None and pts > start:
+                    yield _OVERSHOT
+                    return
+                first = False
                 if start is not None and pts is not None and pts < start:
                     continue  # a leading frame of an open GOP: the previous segment's
                 if end is not None and pts is not None and pts >= end:
                     return
-                decoded += 1
                 yield Frame(index, frame.to_ndarray(format="rgb24"), pts=pts)
                 index += 1
-        if not decoded:
-            raise EdgeRestoreError(f"{self.description} has no frame that can be decoded")
 
     def close(self) -> None:
         self.container.close()

@@ -91,6 +91,8 @@ def restore(bundle: str | os.PathLike[str], sources: list[str | os.PathLike[str]
     unknown = set(session_options) - set(SESSION_OPTIONS)
     if unknown:
         raise TypeError(f"unknown session option(s): {', '.join(sorted(unknown))}")
+    if segment_frames < 1:
+        raise ValueError("segment_frames must be at least 1")
     session_options = {**SESSION_OPTIONS, **session_options}
     loaded = Bundle(bundle)  # a broken bundle fails here, in one line, not in every actor
     items = list_items(sources, output, gt)
@@ -151,6 +153,7 @@ def restore(bundle: str | os.PathLike[str], sources: list[str | os.PathLike[str]
         join_if_complete(by_output[video_output])  # every segment done by an earlier run
     work = pending + segments
     if not work:
+        remove_partial_outputs(waiting)  # a join a killed driver left
         report.seconds = time.perf_counter() - start
         return report
     ray = _ray()
