@@ -293,7 +293,7 @@ class AvSink:
             step = self.pts[1] - self.pts[0] if len(self.pts) > 1 else max(1, round(1 / (self.rate * self.time_base)))
             packet.pts = self.pts[pts]
             packet.dts = self.pts[dts] if dts >= 0 else self.pts[0] + dts * step
-            packet.duration = 0
+            packet.duration = round(Fraction(packet.duration or 0) / (self.rate * self.time_base))  # frame intervals
             packet.time_base = self.time_base
             packet.stream = self.stream
             self.container.mux(packet)

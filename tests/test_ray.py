@@ -22,7 +22,6 @@ from edgerestore.runtime import imageio
 from edgerestore.runtime.jobs import RESULTS_NAME
 
 from test_metadata import assert_metadata_kept, write_photo
-from av_video import audio_packets, codec_of, decoded, write_video
 
 OPTIONS = ("--backend", "onnxruntime", "--threads", "1")
 
@@ -156,6 +155,8 @@ def test_video_as_on_one_machine_with_audio(run_cli, small_bundle, tmp_path, clu
     """A lossless video (keyframe every 8 frames: 5 segments of 8, 8, 8, 8, 4 frames) beside an
     image and an unreadable video: each frame once, in order, the single-machine pixels (FFV1
     in RGB is lossless), the source's timestamps and audio packets; the bad video is reported."""
+    from av_video import audio_packets, codec_of, decoded, write_video  # skips without PyAV (the video extra)
+
     frames = write_video(tmp_path / "clip.mkv", count=36, gop=8)
     write_photo(tmp_path / "photo.png", 0)
     (tmp_path / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
@@ -200,6 +201,8 @@ def test_video_as_on_one_machine_with_audio(run_cli, small_bundle, tmp_path, clu
 
 def test_video_job_resumes_from_its_finished_segments(small_bundle, tmp_path, cluster):
     """A job stopped after two segments: the rerun restores only the other three, then joins."""
+    from av_video import decoded, write_video
+
     write_video(tmp_path / "clip.mkv", count=36, gop=8)
     out = tmp_path / "out"
     options = dict(backend="onnxruntime", threads=1, segment_frames=8, codec="ffv1")
