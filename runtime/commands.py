@@ -99,6 +99,9 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
               help="Streams: frames buffered between decode, restore and encode (bounds the memory).")
 @click.option("--frames", "max_frames", type=click.IntRange(1), default=None,
               help="Streams: stop after this many source frames (a camera runs until Ctrl-C otherwise).")
+@click.option("--codec", default=None, metavar="NAME",
+              help="A video restored from a video file: FFmpeg's encoder (needs PyAV, the video extra), e.g. ffv1 "
+                   "(lossless), libx264. Default: mpeg4 (.mp4, .mkv, .mov), mjpeg (.avi).")
 @click.option("--ray", "on_ray", is_flag=True,
               help="Run on a Ray cluster (the ray extra): actors each hold one session; resumable, with a results "
                    "file in OUTPUT. Inputs, OUTPUT and BUNDLE must be on a file system every node sees.")
@@ -108,12 +111,15 @@ def output_paths(inputs: list[Path], output: Path) -> list[Path]:
               help="--ray: at most this many actors on a node (default: as many as its CPUs hold at --threads each).")
 @click.option("--gpus-per-actor", type=click.FloatRange(0), default=0, show_default=True,
               help="--ray: GPUs Ray reserves for each actor (a device backend).")
+@click.option("--segment-frames", type=click.IntRange(1), default=None, metavar="N",
+              help="--ray: a video is split into segments at the first keyframe after every N frames "
+                   "(default 120); the actors restore the segments in parallel.")
 @click.option("--gt", type=click.Path(path_type=Path), default=None,
               help="--ray: ground-truth directory with the inputs' file names; each item's PSNR goes in the results.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def restore_command(bundle, inputs, output, backend, precision, tile, overlap, whole, memory_budget, threads,
-                    min_confidence, route_policy, route_map, realtime, queue_size, max_frames, on_ray, ray_address,
-                    actors_per_node, gpus_per_actor, gt, as_json):
+                    min_confidence, route_policy, route_map, realtime, queue_size, max_frames, codec, on_ray,
+                    ray_address, actors_per_node, gpus_per_actor, segment_frames, gt, as_json):
     """Restore images or a stream with BUNDLE.
 
     INPUTS are image files or directories of images; or one video file, camera index
@@ -129,15 +135,16 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
     given. A corrupt frame is reported and skipped; a frame of another size is re-tiled
     (and scaled to the video's size if the output is a video file).
 
-    --ray: image files, folders and file lists (.txt, one path a line) restored into the
-    folder OUTPUT by actors on a Ray cluster (--threads each, default 1). Each finished
-    image is a line of OUTPUT/edgerestore-results.jsonl; a rerun skips those. A bad image
-    is reported and skipped, and the command then exits with status 1.
+    --ray: image files, folders, file lists (.txt, one path a line) and video files restored
+    into the folder OUTPUT by actors on a Ray cluster (--threads each, default 1); videos
+    are split at keyframes into segments restored in parallel, then joined with their audio.
+    Each finished image or segment is a line of OUTPUT/edgerestore-results.jsonl; a rerun
+    skips those. A bad item is reported and skipped, and the command then exits with status 1.
     """
     from .stream_command import is_stream, restore_stream
 
     ray_only = {"--ray-address": ray_address, "--actors-per-node": actors_per_node, "--gpus-per-actor": gpus_per_actor,
-                "--gt": gt}
+                "--segment-frames": segment_frames, "--gt": gt}
     if not on_ray and any(ray_only.values()):
         raise EdgeRestoreError(f"{next(k for k, v in ray_only.items() if v)} needs --ray")
     if on_ray:
@@ -151,14 +158,18 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
 
         return restore_on_ray(bundle, list(inputs), output, as_json, backend=backend, precision=precision,
                               memory_budget=memory_budget, threads=threads or 1, actors_per_node=actors_per_node,
-                              gpus_per_actor=gpus_per_actor, address=ray_address, gt=gt, tile=tile, overlap=overlap,
-                              whole=whole or None, min_confidence=min_confidence, route_policy=route_policy)
+                              gpus_per_actor=gpus_per_actor, address=ray_address, gt=gt, codec=codec,
+                              **({"segment_frames": segment_frames} if segment_frames else {}), tile=tile,
+                              overlap=overlap, whole=whole or None, min_confidence=min_confidence,
+                              route_policy=route_policy)
     if is_stream(list(inputs), output, realtime):
         if route_map is not None:
             raise EdgeRestoreError("--route-map needs exactly one input image, not a stream")
         factory = lambda: make_session(bundle, backend, precision, tile, overlap, whole, memory_budget,  # noqa: E731
                                        threads, min_confidence, route_policy)
-        return restore_stream(factory, list(inputs), output, realtime, queue_size, max_frames, as_json)
+        return restore_stream(factory, list(inputs), output, realtime, queue_size, max_frames, as_json, codec)
+    if codec is not None:
+        raise EdgeRestoreError("--codec picks the encoder of a video output; these inputs are restored as images")
     files: list[Path] = []
     for path in map(Path, inputs):
         files.extend(imageio.list_images(path) if path.is_dir() else [path])
@@ -216,6 +227,9 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
               help="Clean images (with --degrade) or degraded inputs (with --gt).")
 @click.option("--degrade", "spec", default=None, help="Degradation spec, e.g. gaussian:25 or blur:1.5+jpeg:40 "
               "(seeded per image; gaussian follows the published seed-0 protocol).")
+@click.option("--segment-frames", type=click.IntRange(1), default=None, metavar="N",
+              help="--ray: a video is split into segments at the first keyframe after every N frames "
+                   "(default 120); the actors restore the segments in parallel.")
 @click.option("--gt", type=click.Path(path_type=Path), default=None,
               help="Ground-truth directory with the same file names as --data.")
 @runtime_options

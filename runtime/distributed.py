@@ -1,4 +1,4 @@
-"""Restoring image sets on a Ray cluster (``restore --ray``; ``edgerestore.distributed``).
+"""Restoring image sets and videos on a Ray cluster (``restore --ray``; ``edgerestore.distributed``).
 
     from edgerestore import distributed
 
@@ -8,7 +8,9 @@ Ray Data runs the job: the pending items (:mod:`.jobs`) are a dataset, and a poo
 maps them, each actor holding one session loaded once (its ``threads``, and a memory budget
 Ray reserves for it with the model's stage files). A bad item is a failed record, not a
 failed task. The driver appends each finished item to the results file as it streams back,
-so a stopped job resumes where it stopped. Ray Data restarts an actor whose process dies
+so a stopped job resumes where it stopped. A video is split at keyframes into segments
+that are items like the images; the driver joins a video's segments when the last is in
+(:mod:`.video_jobs`). Ray Data restarts an actor whose process dies
 and retries its items, without limit: a worker lost with its node costs time, not items.
 
 Ray is an extra (``pip install 'edgerestore[ray]'``), imported only when a job runs. Every
@@ -31,8 +33,10 @@ import numpy as np
 from .budget import DEFAULT_BUDGET_MB
 from .bundle import Bundle
 from .errors import EdgeRestoreError
-from .jobs import RESULTS_NAME, Item, Results, fingerprint, list_items, remove_partial_outputs, restore_item
-from .optional import missing
+from . import video_jobs
+from .jobs import RESULTS_NAME, Item, Results, fingerprint, is_video, list_items, remove_partial_outputs, restore_item
+from .optional import missing, require
+from .video_jobs import SEGMENT_FRAMES
 
 # The session options a job passes on, with edgerestore.load's defaults (a job's fingerprint
 # is the same whether an option was left out or given its default).
@@ -41,12 +45,17 @@ SESSION_OPTIONS = {"tile": None, "overlap": None, "whole": None, "min_confidence
 
 @dataclass
 class Report:
-    """What a job did: items restored now, done by an earlier run, failed (with reasons)."""
+    """What a job did: items (images and videos) restored now, done by an earlier run, failed
+    (with reasons)."""
 
     items: int
     restored: int
     skipped: int
-    failed: dict[str, str] = field(default_factory=dict)  # source -> error
+    failed: dict[str, str] = field(default_factory=dict)  # source -> error (a video's: its first)
+    videos: int = 0  # of the items
+    segments: int = 0  # video segments restored now
+    frames: int = 0  # video frames in the videos joined now
+    warnings: list[str] = field(default_factory=list)  # of the videos joined now (an audio track left out)
     seconds: float = 0.0
     actors: int = 0
     threads: int = 1
@@ -68,51 +77,106 @@ def restore(bundle: str | os.PathLike[str], sources: list[str | os.PathLike[str]
             threads: int = 1, actors_per_node: int | None = None, actors: int | None = None, gpus_per_actor: float = 0,
             address: str | None = None, gt: str | os.PathLike[str] | None = None,
             results: str | os.PathLike[str] | None = None, progress: Callable[[dict], None] | None = None,
-            on_start: Callable[[int, int], None] | None = None, **session_options: Any) -> Report:
-    """Restore the images of ``sources`` (files, folders, file lists) into the folder
-    ``output`` on the Ray cluster at ``address`` (``RAY_ADDRESS``; a local one when neither,
-    or the one this process already joined). ``progress`` sees each finished item's record,
-    ``on_start`` the numbers of items to restore and skipped. ``actors`` caps the actors in
-    all (default: what the nodes hold, see :func:`_actor_count`). Session options as
+            on_start: Callable[[int, int], None] | None = None, codec: str | None = None,
+            segment_frames: int = SEGMENT_FRAMES, **session_options: Any) -> Report:
+    """Restore the images and videos of ``sources`` (image files, folders of images, file
+    lists, video files) into the folder ``output`` on the Ray cluster at ``address``
+    (``RAY_ADDRESS``; a local one when neither, or the one this process already joined).
+    ``progress`` sees each finished item's record (an image, a video segment, a joined
+    video), ``on_start`` the numbers of records to come and of items done before. ``actors``
+    caps the actors in all (default: what the nodes hold, see :func:`_actor_count`). Videos
+    are split at the first keyframe after every ``segment_frames`` frames and encoded with
+    ``codec`` (default: the container's, see :mod:`.avio`). Session options as
     :func:`edgerestore.load`."""
     unknown = set(session_options) - set(SESSION_OPTIONS)
     if unknown:
         raise TypeError(f"unknown session option(s): {', '.join(sorted(unknown))}")
+    if segment_frames < 1:
+        raise ValueError("segment_frames must be at least 1")
     session_options = {**SESSION_OPTIONS, **session_options}
     loaded = Bundle(bundle)  # a broken bundle fails here, in one line, not in every actor
     items = list_items(sources, output, gt)
+    videos = [item for item in items if is_video(item.source)]
+    if videos:
+        require("av", "restoring videos with --ray")
     key = fingerprint(bundle, backend, precision, session_options)
+    video_key = fingerprint(bundle, backend, precision, {**session_options, "codec": codec})  # the codec: videos'
     log = Results(results or Path(output) / RESULTS_NAME)
-    done = log.finished(key)
-    pending = [item for item in items if done.get(item.output, {}).get("source") != item.source]
-    report = Report(len(items), 0, len(items) - len(pending), threads=threads, output=str(output),
-                    results=str(log.path))
+    done, videos_done = log.finished(key), log.finished(video_key)
+    pending = [item for item in items if not is_video(item.source)
+               and done.get(item.output, {}).get("source") != item.source]
+    waiting = [item for item in videos if videos_done.get(item.output, {}).get("source") != item.source]
+    report = Report(len(items), 0, len(items) - len(pending) - len(waiting), threads=threads, output=str(output),
+                    results=str(log.path), videos=len(videos))
+    parts: dict[str, dict[str, dict | None]] = {}  # video output -> segment output -> its record once done
+    start = time.perf_counter()
+    macs, scores = [], []
+
+    def finished(record: dict) -> None:
+        log.append([record])
+        if record["status"] == "ok":
+            report.restored += "segment" not in record
+            report.frames += record.get("frames", 0) if "segment" not in record else 0
+            report.warnings += record.get("notes", []) if record.get("kind") == "video" else []
+            if "segment" not in record and "kind" not in record:
+                macs.append(record["gmac"])
+            if "psnr" in record:
+                scores.append(record["psnr"])
+        else:
+            report.failed.setdefault(record["source"], record["error"])
+        if progress:
+            progress(record)
+
+    def join_if_complete(video: Item) -> None:
+        records = parts[video.output]
+        if all(records.values()):
+            finished(video_jobs.join(video, list(records.values()), video_key))
+
+    segments: list[Item] = []
+    unreadable = 0
+    for video in waiting:
+        try:
+            planned = video_jobs.plan(video, codec, segment_frames)
+        except EdgeRestoreError as err:  # unreadable: reported, the rest goes on
+            unreadable += 1
+            finished({"source": video.source, "output": video.output, "fingerprint": video_key, "kind": "video",
+                      "status": "failed", "error": str(err)})
+            continue
+        parts[video.output] = {s.output: videos_done.get(s.output) if videos_done.get(s.output, {}).get("source")
+                               == s.source else None for s in planned}
+        segments += [s for s in planned if parts[video.output][s.output] is None]
+    by_output = {video.output: video for video in waiting}
+    joins = len(parts)
     if on_start:
-        on_start(len(pending), report.skipped)
-    if not pending:
+        on_start(len(pending) + len(segments) + joins + unreadable, report.skipped)
+    for video_output in [o for o, records in parts.items() if all(records.values())]:
+        join_if_complete(by_output[video_output])  # every segment done by an earlier run
+    work = pending + segments
+    if not work:
+        remove_partial_outputs(waiting)  # a join a killed driver left
+        report.seconds = time.perf_counter() - start
         return report
     ray = _ray()
     _connect(ray, address)
     megabytes = memory_budget + _stage_megabytes(loaded, precision)  # what Ray reserves for an actor
     report.actors = min(_actor_count(ray, threads, megabytes, actors_per_node, gpus_per_actor),
-                        actors or len(pending), len(pending))
-    start = time.perf_counter()
-    macs, scores = [], []
+                        actors or len(work), len(work))
     try:
-        for record in _run(ray, pending, bundle, key, report.actors, threads, megabytes, gpus_per_actor,
+        for record in _run(ray, work, bundle, (key, video_key), report.actors, threads, megabytes, gpus_per_actor,
                            dict(backend=backend, precision=precision, memory_budget=memory_budget, **session_options)):
-            log.append([record])
+            video = by_output.get(record.get("video", ""))
+            if video is None:
+                finished(record)
+                continue
+            report.segments += record["status"] == "ok"
             if record["status"] == "ok":
-                report.restored += 1
-                macs.append(record["gmac"])
-                if "psnr" in record:
-                    scores.append(record["psnr"])
-            else:
-                report.failed[record["source"]] = record["error"]
-            if progress:
-                progress(record)
+                parts[video.output][record["output"]] = record
+                finished(record)
+                join_if_complete(video)
+            else:  # the video fails; its other segments go on, and a rerun retries this one
+                finished(record)
     finally:
-        remove_partial_outputs(pending)
+        remove_partial_outputs(work + waiting)
         report.seconds = time.perf_counter() - start
     report.gmac_per_image = float(np.mean(macs)) if macs else None
     report.psnr = float(np.mean(scores)) if scores else None
@@ -161,8 +225,8 @@ def _actor_count(ray, threads: int, megabytes: float, per_node: int | None, gpus
     return total
 
 
-def _run(ray, items: list[Item], bundle, key: str, actors: int, threads: int, megabytes: float, gpus: float,
-         options: dict):
+def _run(ray, items: list[Item], bundle, keys: tuple[str, str], actors: int, threads: int, megabytes: float,
+         gpus: float, options: dict):
     """The finished items' records, in the order they finish."""
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -173,10 +237,10 @@ def _run(ray, items: list[Item], bundle, key: str, actors: int, threads: int, me
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes on our own settings
     # Blocks (tasks) of a few items: results stream back while the job runs, a retried task
     # redoes few items, and a task's overhead is small beside a few restorations.
-    rows = [{"source": i.source, "output": i.output, "gt": i.gt} for i in items]
+    rows = [{"source": i.source, "output": i.output, "gt": i.gt, "segment": i.segment} for i in items]
     dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), max(actors * 4, -(-len(rows) // 4))))
     mapped = dataset.map_batches(_Restorer, batch_size=1, compute=ActorPoolStrategy(size=actors),
-                                 fn_constructor_kwargs={"bundle": str(bundle), "key": key, "threads": threads,
+                                 fn_constructor_kwargs={"bundle": str(bundle), "keys": keys, "threads": threads,
                                                         "options": options},
                                  num_cpus=threads, num_gpus=gpus or None, memory=megabytes * 2**20)
     try:
@@ -203,15 +267,18 @@ class _Restorer:
     """A Ray actor's work: one session, loaded once when the actor starts (again when Ray
     restarts it), then the items Ray hands it."""
 
-    def __init__(self, bundle: str, key: str, threads: int, options: dict):
+    def __init__(self, bundle: str, keys: tuple[str, str], threads: int, options: dict):
         from .session import Session
 
         self.session = Session(bundle, threads=threads, **options)
-        self.key = key
+        self.key, self.video_key = keys
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        records = [json.dumps(restore_item(self.session, Item(str(s), str(o), str(g)), self.key))
-                   for s, o, g in zip(batch["source"], batch["output"], batch["gt"])]
+        records = []
+        for source, output, gt, segment in zip(batch["source"], batch["output"], batch["gt"], batch["segment"]):
+            item = Item(str(source), str(output), str(gt), str(segment))
+            records.append(json.dumps(video_jobs.restore_segment(self.session, item, self.video_key) if item.segment
+                                      else restore_item(self.session, item, self.key)))
         return {"record": np.array(records, dtype=object)}
 
 

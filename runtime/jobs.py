@@ -1,6 +1,7 @@
 """A batch job over many images that survives being stopped: what ``restore --ray`` runs.
 
-The job is a list of items (source image -> output image, optionally a ground truth). Each
+The job is a list of items (source image -> output image, optionally a ground truth; videos
+are split into segment items, see :mod:`.video_jobs`). Each
 finished item is one JSON line in the job's results file (output, SHA-256 of the output
 file, route statistics, GMAC, seconds, PSNR against the ground truth); a rerun of the same
 job skips the items whose line says done, whose output is still there and which the same
@@ -25,9 +26,11 @@ import numpy as np
 
 from . import imageio, metrics
 from .atomic import leftover_of
+from .avio import DEFAULT_CODECS
 from .errors import EdgeRestoreError
 from .schema import file_sha256
 from .session import Session
+from .video import VIDEO_SUFFIXES
 
 RESULTS_NAME = "edgerestore-results.jsonl"
 LIST_SUFFIXES = (".txt", ".lst")  # a file list: one image path a line, relative to the list's folder
@@ -38,12 +41,24 @@ class Item:
     source: str
     output: str
     gt: str = ""  # "" when no ground truth: columnar engines (Ray Data) keep one type per column
+    segment: str = ""  # a video segment's bounds and encoder (JSON, see video_jobs.plan); "" for an image
+
+
+def is_video(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def _output_name(source: Path) -> str:
+    """A video keeps its name where we write its container, else becomes .mkv (which holds any codec)."""
+    if is_video(source) and source.suffix.lower() not in DEFAULT_CODECS:
+        return f"{source.stem}.mkv"
+    return source.name
 
 
 def list_items(sources: list[str | os.PathLike[str]], output: str | os.PathLike[str],
                gt: str | os.PathLike[str] | None = None) -> list[Item]:
-    """Items of image files, folders of images and file lists, restored into the folder
-    ``output`` under their own names (``gt``: a folder with the same names)."""
+    """Items of image files, folders of images, file lists and video files, restored into the
+    folder ``output`` under their own names (``gt``: a folder with the same names, for images)."""
     files: list[Path] = []
     for source in map(Path, sources):
         if source.is_dir():
@@ -52,7 +67,7 @@ def list_items(sources: list[str | os.PathLike[str]], output: str | os.PathLike[
             files.extend(_read_list(source))
         else:
             files.append(source)
-    names = [f.name for f in files]
+    names = [_output_name(f) for f in files]
     if len(set(names)) != len(names):
         raise EdgeRestoreError("two inputs have the same file name; restore them into separate directories")
     output = Path(output)
@@ -60,8 +75,8 @@ def list_items(sources: list[str | os.PathLike[str]], output: str | os.PathLike[
         raise EdgeRestoreError(f"a batch job writes into a directory, not the file '{output}'")
     if gt is not None and not Path(gt).is_dir():
         raise EdgeRestoreError(f"ground-truth directory '{gt}' does not exist")
-    return [Item(str(f.resolve()), str((output / f.name).resolve()), str(Path(gt, f.name).resolve()) if gt else "")
-            for f in files]
+    return [Item(str(f.resolve()), str((output / name).resolve()),
+                 str(Path(gt, f.name).resolve()) if gt and not is_video(f) else "") for f, name in zip(files, names)]
 
 
 def _read_list(path: Path) -> list[Path]:
@@ -71,7 +86,7 @@ def _read_list(path: Path) -> list[Path]:
         raise EdgeRestoreError(f"cannot read file list '{path}': {getattr(exc, 'strerror', None) or exc}") from None
     files = [path.parent / line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not files:
-        raise EdgeRestoreError(f"file list '{path}' names no images")
+        raise EdgeRestoreError(f"file list '{path}' names no images or videos")
     return files
 
 

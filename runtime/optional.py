@@ -25,6 +25,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "onnxruntime": ("ONNX Runtime", "pip install 'edgerestore[onnxruntime]'"),
     "openvino": ("OpenVINO", "pip install 'edgerestore[openvino]'"),
     "ray": ("Ray Data", "pip install 'edgerestore[ray]'"),
+    "av": ("PyAV", "pip install 'edgerestore[video]'"),
 }
 
 

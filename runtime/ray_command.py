@@ -8,17 +8,17 @@ import json
 import click
 
 from .errors import EdgeRestoreError
-from .video import is_camera, is_pipeline, is_video_file
+from .video import is_camera, is_pipeline
 
 _SHOWN_FAILURES = 10  # failed items listed one a line; the rest are counted
 
 
 def restore_on_ray(bundle, inputs: list[str], output, as_json: bool, **options) -> None:
     """Run the job; exits 1 when any item failed."""
-    streams = [s for s in inputs if is_video_file(s) or is_camera(s) or is_pipeline(s)]
+    streams = [s for s in inputs if is_camera(s) or is_pipeline(s)]
     if streams:
-        raise EdgeRestoreError(f"--ray restores image files, folders and file lists; '{streams[0]}' is a stream "
-                               "(restore it without --ray)")
+        raise EdgeRestoreError(f"--ray restores image files, folders, file lists and video files; '{streams[0]}' is "
+                               "a live stream (restore it without --ray)")
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -30,6 +30,8 @@ def restore_on_ray(bundle, inputs: list[str], output, as_json: bool, **options) 
         task = bar.add_task("restoring", total=None)
         report = restore(bundle, inputs, output, progress=lambda record: bar.advance(task),
                          on_start=lambda pending, skipped: bar.update(task, total=pending), **options)
+    for line in report.warnings:
+        console.print(f"warning: {line}", soft_wrap=True, markup=False, highlight=False)
     for source, error in list(report.failed.items())[:_SHOWN_FAILURES]:
         console.print(f"failed: {error}", soft_wrap=True, markup=False, highlight=False)
     if len(report.failed) > _SHOWN_FAILURES:
@@ -38,10 +40,14 @@ def restore_on_ray(bundle, inputs: list[str], output, as_json: bool, **options) 
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     elif report.restored == 0 and not report.failed:
-        click.echo(f"nothing to restore: all {report.items} image(s) are done (results: {report.results})")
+        what = (f"{report.items} image(s)" if not report.videos else
+                f"{report.items} item(s) ({report.items - report.videos} image(s), {report.videos} video(s))")
+        click.echo(f"nothing to restore: all {what} are done (results: {report.results})")
     else:
-        line = (f"restored {report.restored} image(s) -> {report.output} on Ray ({report.actors} actor(s) x "
-                f"{report.threads} thread(s), {report.seconds:.2f} s, {report.images_per_second:.2f} images/s)")
+        noun = "item(s)" if report.videos else "image(s)"
+        segments = f" and {report.segments} video segment(s)" if report.segments else ""
+        line = (f"restored {report.restored} {noun}{segments} -> {report.output} on Ray ({report.actors} actor(s) x "
+                f"{report.threads} thread(s), {report.seconds:.2f} s, {report.images_per_second:.2f} {noun[:-3]}s/s)")
         extras = [f"{report.skipped} done before"] if report.skipped else []
         extras += [f"{len(report.failed)} failed"] if report.failed else []
         extras += [f"PSNR {report.psnr:.2f} dB"] if report.psnr is not None else []

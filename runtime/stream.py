@@ -51,6 +51,7 @@ class Frame:
     arrival: float = 0.0  # time.perf_counter() when the reader handed it on
     flat: bool = False  # came in as HxW (restore_frames hands it back as HxW)
     metadata: Metadata | None = None  # an image file's EXIF and ICC profile, kept in its output
+    pts: int | None = None  # a video frame's timestamp in its stream's time base (PyAV sources), kept in the output
 
     @property
     def bit_depth(self) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from . import imageio
+from . import avio, imageio
 from .atomic import atomic_file
 from .errors import EdgeRestoreError
 from .session import Session
@@ -32,8 +32,10 @@ def is_stream(inputs: list[str], output: Path, realtime: float | None) -> bool:
 
 
 def restore_stream(session_factory, inputs: list[str], output: Path, realtime: float | None, queue_size: int,
-                   max_frames: int | None, as_json: bool) -> None:
-    """Open the source and the sink (errors before the bundle loads), restore, report."""
+                   max_frames: int | None, as_json: bool, codec: str | None = None) -> None:
+    """Open the source and the sink (errors before the bundle loads), restore, report. A
+    video file restored into a video file goes through PyAV when it is installed (audio and
+    timestamps kept, :mod:`.avio`), else through OpenCV (neither kept, said in one line)."""
     video_out = output.suffix.lower() in VIDEO_SUFFIXES
     if not video_out and output.suffix.lower() in imageio.IMAGE_EXTENSIONS:
         raise EdgeRestoreError(f"a stream is restored into a folder or a video file ({', '.join(VIDEO_CODECS)}), "
@@ -55,13 +57,35 @@ def restore_stream(session_factory, inputs: list[str], output: Path, realtime: f
             console.print(f"warning: more '{kind}' frames; counted in the summary", soft_wrap=True, markup=False,
                           highlight=False)
 
+    video_in = len(inputs) == 1 and is_video_file(inputs[0]) and not (is_camera(inputs[0]) or is_pipeline(inputs[0]))
+    keep_audio = video_out and video_in and avio.available() is not None
+    if codec is not None and not keep_audio:
+        raise EdgeRestoreError("--codec picks the encoder of a video restored from a video file, with PyAV "
+                               "(pip install 'edgerestore[video]')")
+    if keep_audio:
+        codec = avio.codec_for(output, codec)
+    elif video_out and video_in:
+        notice("audio", "the video's audio and timestamps are not kept (frames are written at a constant rate): "
+               "that needs PyAV: pip install 'edgerestore[video]'")
     with imageio.opencv_silenced():
-        source = open_source(inputs)
+        source = avio.AvSource(inputs[0]) if keep_audio else open_source(inputs)
         try:
             session: Session = session_factory()
             pipeline = Pipeline(session, queue_size, realtime, paced=not source.live, on_notice=notice)
             fps = realtime or source.fps or DEFAULT_FPS
-            if video_out:
+            if keep_audio:
+                with atomic_file(output) as tmp:
+                    part = tmp.with_name(tmp.name + avio.PART_SUFFIX)  # a leftover of the same output
+                    try:
+                        sink = avio.AvSink(part, output, codec, source.time_base, fps, notice)
+                        interrupted = _run(pipeline, source, sink, max_frames, console)
+                        if not sink.frames:
+                            raise _nothing_restored(source, pipeline.stats)
+                        until = None if max_frames is None else float((max(sink.pts) * source.time_base) + 1 / fps)
+                        avio.join([part], inputs[0], tmp, output, notice, until)
+                    finally:
+                        part.unlink(missing_ok=True)
+            elif video_out:
                 with atomic_file(output) as tmp:
                     sink = VideoSink(tmp, output, fps, notice)
                     interrupted = _run(pipeline, source, sink, max_frames, console)

@@ -1,6 +1,6 @@
 """``restore --ray`` on a real local Ray cluster (2 CPUs): the same files as ``restore`` on one
 machine, metadata kept, a results file to resume from, a worker killed mid-job, a corrupt
-image reported with exit status 1."""
+image reported with exit status 1; a video split into segments and joined with its audio."""
 
 from __future__ import annotations
 
@@ -149,3 +149,74 @@ def test_actor_that_fits_nowhere_is_one_line(run_cli, small_bundle, tmp_path, cl
                      "--memory-budget", str(10**9))
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.stderr.startswith("error: no node of the Ray cluster has 1 CPU(s), 1000000000 MB of memory")
+
+
+def test_video_as_on_one_machine_with_audio(run_cli, small_bundle, tmp_path, cluster):
+    """A lossless video (keyframe every 8 frames: 5 segments of 8, 8, 8, 8, 4 frames) beside an
+    image and an unreadable video: each frame once, in order, the single-machine pixels (FFV1
+    in RGB is lossless), the source's timestamps and audio packets; the bad video is reported."""
+    from av_video import audio_packets, codec_of, decoded, write_video  # skips without PyAV (the video extra)
+
+    frames = write_video(tmp_path / "clip.mkv", count=36, gop=8)
+    write_photo(tmp_path / "photo.png", 0)
+    (tmp_path / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    single = run_cli("restore", small_bundle, tmp_path / "clip.mkv", "-o", tmp_path / "single.mkv", "--codec", "ffv1",
+                     *OPTIONS)
+    assert single.exit_code == 0, single.output
+    out = tmp_path / "ray"
+    inputs = [tmp_path / "clip.mkv", tmp_path / "photo.png", tmp_path / "broken.mp4"]
+    job = run_cli("restore", small_bundle, *inputs, "-o", out, "--ray", "--segment-frames", "8", "--codec", "ffv1",
+                  *OPTIONS, "--json")
+    assert job.exit_code == 1, job.output
+    report = json.loads(job.stdout)
+    assert (report["items"], report["videos"], report["restored"], report["segments"]) == (3, 2, 2, 5)
+    assert report["frames"] == len(frames) and list(report["failed"]) == [str((tmp_path / "broken.mp4").resolve())]
+    assert "failed: cannot open video" in job.stderr and "broken.mp4" in job.stderr and "Traceback" not in job.output
+
+    stamps, pixels = decoded(out / "clip.mkv")
+    want_stamps, want = decoded(tmp_path / "single.mkv")
+    assert stamps == want_stamps == decoded(tmp_path / "clip.mkv")[0]  # every frame once, in order, same times
+    assert codec_of(out / "clip.mkv") == "ffv1" and len(pixels) == len(frames)
+    for k, (ours, theirs) in enumerate(zip(pixels, want, strict=True)):
+        np.testing.assert_array_equal(ours, theirs, err_msg=f"frame {k}")
+    assert audio_packets(out / "clip.mkv") == audio_packets(tmp_path / "clip.mkv")
+    assert sorted(p.name for p in out.iterdir()) == sorted(["clip.mkv", "photo.png", RESULTS_NAME])  # parts gone
+
+    lines = [r for r in records(out) if r["status"] == "ok"]
+    segments = [r for r in lines if "segment" in r]
+    assert sorted(r["segment"] for r in segments) == list(range(5))
+    assert sorted(r["frames"] for r in segments) == [4, 8, 8, 8, 8]
+    video = next(r for r in lines if r.get("kind") == "video")
+    assert video["segments"] == 5 and video["frames"] == len(frames) and video["gmac"] > 0
+    assert video["sha256"] == hashlib.sha256((out / "clip.mkv").read_bytes()).hexdigest()
+
+    # A second run over the same job restores nothing and says so.
+    before = (out / "clip.mkv").stat().st_mtime_ns
+    again = run_cli("restore", small_bundle, *inputs[:2], "-o", out, "--ray", "--segment-frames", "8", "--codec",
+                    "ffv1", *OPTIONS)
+    assert again.exit_code == 0, again.output
+    assert again.stdout.startswith("nothing to restore: all 2 item(s) (1 image(s), 1 video(s)) are done")
+    assert (out / "clip.mkv").stat().st_mtime_ns == before
+
+
+def test_video_job_resumes_from_its_finished_segments(small_bundle, tmp_path, cluster):
+    """A job stopped after two segments: the rerun restores only the other three, then joins."""
+    from av_video import decoded, write_video
+
+    write_video(tmp_path / "clip.mkv", count=36, gop=8)
+    out = tmp_path / "out"
+    options = dict(backend="onnxruntime", threads=1, segment_frames=8, codec="ffv1")
+
+    def stop_after_two(record):
+        if sum(r["status"] == "ok" for r in records(out)) >= 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distributed.restore(small_bundle, [tmp_path / "clip.mkv"], out, progress=stop_after_two, **options)
+    done = [r["segment"] for r in records(out) if r["status"] == "ok"]
+    assert len(done) == 2 and not (out / "clip.mkv").exists()
+    report = distributed.restore(small_bundle, [tmp_path / "clip.mkv"], out, **options)
+    assert report.restored == 1 and report.skipped == 0 and report.segments == 5 - len(done)
+    stamps, pixels = decoded(out / "clip.mkv")
+    assert stamps == decoded(tmp_path / "clip.mkv")[0] and len(pixels) == 36
+    assert sorted(p.name for p in out.iterdir()) == sorted(["clip.mkv", RESULTS_NAME])
