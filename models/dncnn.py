@@ -51,7 +51,7 @@ class DnCNN(RestorationModel):
     @classmethod
     def config_from_state_dict(cls, state_dict):
         convs = _conv_weights(state_dict)
-        first, last = convs[0][1], convs[-1][1]
+        first = convs[0][1]
         return {"channels": int(first.shape[1]), "depth": len(convs), "features": int(first.shape[0])}
 
     @classmethod

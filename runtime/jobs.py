@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,12 +137,22 @@ class Results:
             os.fsync(out.fileno())
 
 
+def worker_name() -> str:
+    """host:pid of the process restoring an item, plus the Ray node's id inside a Ray worker
+    (several nodes may share a host: `ray start` twice on one machine)."""
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        name += f":node-{ray.get_runtime_context().get_node_id()[:12]}"
+    return name
+
+
 def restore_item(session: Session, item: Item, key: str) -> dict:
     """Restore one item and describe it; a bad item (unreadable, unwritable) is a failed
     record, not an exception, so the job goes on with the others."""
     start = time.perf_counter()
     record: dict[str, Any] = {"source": item.source, "output": item.output, "fingerprint": key,
-                              "worker": f"{socket.gethostname()}:{os.getpid()}"}
+                              "worker": worker_name()}
     try:
         image = imageio.read_image(item.source)
         result = session.run(image.pixels)

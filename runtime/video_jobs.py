@@ -12,9 +12,7 @@ the whole video.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 from . import avio
 from .atomic import atomic_file
 from .errors import EdgeRestoreError
-from .jobs import Item
+from .jobs import Item, worker_name
 from .schema import file_sha256
 from .session import Session
 from .stream import Skipped
@@ -53,7 +51,7 @@ def restore_segment(session: Session, item: Item, key: str) -> dict:
     segment = avio.Segment(**{k: spec[k] for k in ("index", "start", "end", "first", "frames")})
     record: dict[str, Any] = {"source": item.source, "output": item.output, "fingerprint": key,
                               "video": spec["video"], "segment": segment.index,
-                              "worker": f"{socket.gethostname()}:{os.getpid()}"}
+                              "worker": worker_name()}
     corrupt: list[int] = []
     notes: list[str] = []
     gmac = full_gmac = restore_seconds = 0.0

@@ -179,6 +179,7 @@ def test_branches_are_calibrated_only_on_the_tiles_routed_to_them(routed_bundle,
         tensor = first_conv_input(bundle, stage)
         expected = np.abs(inputs[i][routed]).max()
         assert aware_amax[stage][tensor] == pytest.approx(expected, rel=1e-5)
+        assert agnostic_amax[stage][tensor] == pytest.approx(np.abs(inputs[i]).max(), rel=1e-5)
         if expected < np.abs(inputs[i]).max() * 0.999:
             restricted += 1
     assert restricted, "on this image some branch's routed tiles have a smaller range than all tiles"

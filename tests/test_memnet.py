@@ -1,7 +1,6 @@
 """MemNet: the published M6R6 size, export parity, tiled == whole, INT8, CLI, and the
 supervised trainer's CLI (resumes, and its checkpoint imports)."""
 
-import json
 
 import numpy as np
 import pytest

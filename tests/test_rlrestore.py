@@ -16,7 +16,6 @@ from edgerestore.models import RLRestore, create_model
 from edgerestore.models.rlrestore import STOP, TILE, TOOLS, load_test_set, official_psnr
 from edgerestore.models.tf1_checkpoint import read_tf1_checkpoint, read_tf1_graph
 from edgerestore.runtime import degrade, imageio, metrics
-from edgerestore.runtime.bundle import Bundle
 from edgerestore.runtime.errors import EdgeRestoreError
 from edgerestore.runtime.session import Session
 from edgerestore.runtime.routemap import PALETTE

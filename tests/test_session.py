@@ -15,7 +15,6 @@ from edgerestore.runtime.buckets import bucket_plan
 from edgerestore.runtime.errors import EdgeRestoreError
 from edgerestore.runtime.session import Session
 from edgerestore.runtime.tilelib import extract, merge_u8
-from edgerestore.runtime.tiling import TileGrid
 
 
 def frame(h=120, w=150, c=3, dtype=np.uint8, seed=0):
