@@ -227,9 +227,6 @@ def restore_command(bundle, inputs, output, backend, precision, tile, overlap, w
               help="Clean images (with --degrade) or degraded inputs (with --gt).")
 @click.option("--degrade", "spec", default=None, help="Degradation spec, e.g. gaussian:25 or blur:1.5+jpeg:40 "
               "(seeded per image; gaussian follows the published seed-0 protocol).")
-@click.option("--segment-frames", type=click.IntRange(1), default=None, metavar="N",
-              help="--ray: a video is split into segments at the first keyframe after every N frames "
-                   "(default 120); the actors restore the segments in parallel.")
 @click.option("--gt", type=click.Path(path_type=Path), default=None,
               help="Ground-truth directory with the same file names as --data.")
 @runtime_options
