@@ -29,7 +29,7 @@ from .capture import Capture, capture, is_routed
 from .equalize import DEFAULT_ALPHA, Equalization, equalize_stage
 from .macs import int8_mac_share
 from .policy import Layer, SearchResult, all_layers, default_fp32_layers, layer_weights, sensitivity_search
-from .quantize import quantize_stage
+from .quantize import DEFAULT_WEIGHT_BITS, WEIGHT_BITS, quantize_stage
 from .scales import check_method
 from .sources import FolderSplit, Sample
 
@@ -54,6 +54,7 @@ class Int8Options:
     bias_correction: bool = True  # correct each INT8 convolution's mean shift (calibration/bias_correction.py)
     equalize: bool = True  # even out channel ranges of Conv-ReLU-Conv chains first (calibration/equalize.py)
     equalize_alpha: float = DEFAULT_ALPHA  # its weight of activation ranges against weight ranges
+    weight_bits: int = DEFAULT_WEIGHT_BITS  # 7: no 16-bit saturation on AVX2 CPUs (calibration/quantize.py)
 
     def __post_init__(self):
         check_method(self.method)
@@ -62,6 +63,8 @@ class Int8Options:
             raise EdgeRestoreError("INT8 export needs calibration data (--calib DIR)")
         if not 0 <= self.equalize_alpha <= 1:
             raise EdgeRestoreError(f"equalization alpha must be in [0, 1], got {self.equalize_alpha}")
+        if self.weight_bits not in WEIGHT_BITS:
+            raise EdgeRestoreError(f"weight bits must be 7 or 8, got {self.weight_bits}")
         if self.max_drop is not None and not self.max_drop >= 0:
             raise EdgeRestoreError(f"--max-drop must be >= 0 dB, got {self.max_drop}")
 
@@ -88,6 +91,7 @@ class Int8Report:
     search: SearchResult | None = None
     seconds: float = 0.0
     int8_mac_share: float = 1.0  # of every compute layer's MACs, what the INT8 layers carry (.macs)
+    weight_bits: int = DEFAULT_WEIGHT_BITS
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,7 +104,7 @@ class Int8Report:
             {"route_aware": not self.route_aware, **self.alternative.to_json()},
             "routing_agreement": self.routing_agreement,
             "search": None if self.search is None else self.search.to_json(), "seconds": self.seconds,
-            "int8_mac_share": self.int8_mac_share,
+            "int8_mac_share": self.int8_mac_share, "weight_bits": self.weight_bits,
         }
 
 
@@ -136,7 +140,7 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
     if not options.bias_correction:
         shipped_feeds = other_feeds = {}
 
-    writer = _StageWriter(root, bundle, progress)
+    writer = _StageWriter(root, bundle, progress, options.weight_bits)
     layers = all_layers(bundle)
     search = None
     fp32_score = score(writer.bundle(), held, "fp32") if held else None
@@ -158,7 +162,7 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
                                "INT8 layer; allow a larger --max-drop, or export without --int8")
     report = Int8Report(options.method, trt_cache.header(options.trt, options.method), fp32_layers,
                         aware.images, aware.tiles, len(held), route_aware=not (options.route_agnostic and routed),
-                        search=search, int8_mac_share=share)
+                        search=search, int8_mac_share=share, weight_bits=options.weight_bits)
     if held:
         progress("scoring FP32 vs INT8 on the held-out crops", 0, 0)
         if other is not None:
@@ -226,8 +230,9 @@ class _StageWriter:
     step, re-quantizing only the stages whose ranges, FP32 layers or correction changed. A
     stage with feeds (its input batches) is bias-corrected after quantization."""
 
-    def __init__(self, root: Path, bundle: Bundle, progress: Progress = lambda *_: None):
-        self.root, self.stages = root, list(bundle.stages)
+    def __init__(self, root: Path, bundle: Bundle, progress: Progress = lambda *_: None,
+                 weight_bits: int = DEFAULT_WEIGHT_BITS):
+        self.root, self.stages, self.weight_bits = root, list(bundle.stages), weight_bits
         self.fp32 = {stage: bundle.stage_path(stage, "fp32") for stage in self.stages}
         self.base = bundle.spec
         self.written: dict[str, tuple[str, frozenset]] = {}
@@ -243,7 +248,8 @@ class _StageWriter:
             key = (json.dumps(amax[stage], sort_keys=True), nodes, bool(feeds.get(stage)))
             if self.written.get(stage) != key:
                 path = self.root / f"{stage}.int8.onnx"
-                self.scales[stage] = quantize_stage(self.fp32[stage], path, amax[stage], sorted(nodes))
+                self.scales[stage] = quantize_stage(self.fp32[stage], path, amax[stage], sorted(nodes),
+                                                    self.weight_bits)
                 self.shifts[stage] = (correct_biases(self.fp32[stage], path, feeds[stage], self.progress)
                                       if feeds.get(stage) else {})
                 self.written[stage] = key
@@ -322,6 +328,7 @@ def _write_calibration_json(root, options, report, shipped, amax_aware, amax_agn
         }
     document = {
         "method": options.method,
+        "weight_bits": options.weight_bits,
         "trt_version": ".".join(map(str, options.trt)), "trt_header": report.trt_header,
         "source": None if data is None else {
             "folder": str(data.folder), "degrade": data.degrade_spec, "gt": None if data.gt is None else str(data.gt),

@@ -12,8 +12,8 @@ def _db(value: float | None) -> str:
 
 def render(report: Int8Report) -> str:
     lines = [f"INT8: {report.method} ranges from {report.calibration_images} calibration crops "
-             f"({report.calibration_tiles} tiles), {'route-aware' if report.route_aware else 'route-agnostic'}; "
-             f"caches {report.trt_header}",
+             f"({report.calibration_tiles} tiles), {'route-aware' if report.route_aware else 'route-agnostic'}, "
+             f"{report.weight_bits}-bit weights; caches {report.trt_header}",
              "FP32 layers: " + (", ".join(f"{s}:{n}" for s, n in report.fp32_layers) or "none"),
              f"INT8 runs {report.int8_mac_share:.1%} of the MACs"]
     if report.int8_mac_share < WARN_SHARE:

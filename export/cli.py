@@ -50,11 +50,14 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")  # edgerestore.
 @click.option("--equalize/--no-equalize", default=True, show_default=True,
               help="--int8: before calibrating, rescale the channels of each Conv-ReLU-Conv chain so that the "
                    "activation between them loses less to one INT8 step (the FP32 function is unchanged).")
+@click.option("--weight-bits", type=click.Choice(["7", "8"]), default="7", show_default=True,
+              help="--int8: weight grid. 7 avoids the 16-bit saturation of INT8 on x86 CPUs without VNNI (AVX2: "
+                   "ONNX Runtime and OpenVINO); 8 is finer where nothing saturates (VNNI, ARM, TensorRT).")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export_command(model: str, weights: Path | None, output: Path, int8: bool, calib_dir: Path | None,
                    calib_degrade: str | None, calib_gt: Path | None, calib_images: int, calib_crop: int, holdout: int,
                    method: str | None, max_drop: float | None, trt_version: str, route_agnostic: bool,
-                   bias_correction: bool, equalize: bool, as_json: bool) -> None:
+                   bias_correction: bool, equalize: bool, weight_bits: str, as_json: bool) -> None:
     """Export MODEL to a bundle: one ONNX file per stage plus manifest.json.
 
     Every stage is checked against PyTorch after export (max abs error and PSNR
@@ -79,7 +82,8 @@ def export_command(model: str, weights: Path | None, output: Path, int8: bool, c
         split = FolderSplit(calib_dir, calib_degrade, calib_gt, calib_images, holdout, calib_crop)
         int8_options = Int8Options(split, method=DEFAULT_METHOD if method is None else method, max_drop=max_drop,
                                    trt_version=trt_version, route_agnostic=route_agnostic,
-                                   bias_correction=bias_correction, equalize=equalize)
+                                   bias_correction=bias_correction, equalize=equalize,
+                                   weight_bits=int(weight_bits))
     elif any(v is not None for v in (calib_dir, calib_degrade, calib_gt, method, max_drop)) or route_agnostic:
         raise EdgeRestoreError("--calib, --calib-degrade, --calib-gt, --method, --max-drop and --route-agnostic "
                                "only apply with --int8")

@@ -154,8 +154,12 @@ def test_max_drop_search_meets_its_budget(tiny_weights, calib_dir, tmp_path):
     from edgerestore.export import export_bundle
 
     split = FolderSplit(calib_dir, "gaussian:25", count=3, holdout=2, crop=48)
+    # A budget of 0 dB needs some INT8 layer that loses nothing on the 2 held-out crops: on
+    # this tiny model the 8-bit grid has one (the 7-bit default has none, and the export then
+    # refuses to write a bundle without an INT8 layer: tests/test_int8_bad_input.py).
     report = export_bundle("dncnn", tmp_path / "b", tiny_weights, int8=Int8Options(split, method="minmax",
-                                                                                     max_drop=0.0)).int8
+                                                                                     max_drop=0.0,
+                                                                                     weight_bits=8)).int8
     search = report.search
     assert search.drop_db + search.margin_db <= 0.0 + 1e-9
     assert [k for k, *_ in search.steps] == list(range(len(search.steps)))
@@ -219,3 +223,20 @@ def test_without_bias_correction_or_equalization_the_fp32_graph_and_biases_stay(
     for t in int8.initializer:
         if t.name in biases:
             assert np.array_equal(numpy_helper.to_array(t), fp32[t.name])
+
+
+@pytest.mark.parametrize("bits,top", [(7, 64), (8, 127)])
+def test_weight_grid_is_the_one_asked_for(tiny_weights, calib_dir, tmp_path, bits, top):
+    """7-bit weights (the default) stay within [-64, 64], where AVX2's pairwise 16-bit sums of
+    uint8 activations times weights cannot saturate (2 * 255 * 64 < 32767); 8-bit ones use
+    [-127, 127]. Each output channel's largest weight lands on the top of the grid."""
+    from edgerestore.calibration import FolderSplit, Int8Options
+    from edgerestore.export import export_bundle
+
+    split = FolderSplit(calib_dir, "gaussian:25", count=3, holdout=2, crop=48)
+    report = export_bundle("dncnn", tmp_path / "b", tiny_weights, int8=Int8Options(split, weight_bits=bits)).int8
+    model = onnx.load(str(tmp_path / "b" / "main.int8.onnx"))
+    grids = [numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("weight_quantized")]
+    assert grids and all(np.abs(g).reshape(len(g), -1).max(1).tolist() == [top] * len(g) for g in grids)
+    assert report.weight_bits == bits
+    assert json.loads((tmp_path / "b" / "calibration.json").read_text())["weight_bits"] == bits
