@@ -11,6 +11,7 @@ from .memnet import MemNet
 from .pathrestore import PathRestore
 from .registry import ModelEntry, create_model, get_entry, list_models, register
 from .rlrestore import RLRestore
+from .rtdenoise import RTDenoise
 from .srn import SRN
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -37,12 +38,16 @@ register(ModelEntry("deblurganv2", DeblurGANv2, "DeblurGAN-v2 generator: FPN on 
 register(ModelEntry("memnet", MemNet, "MemNet denoiser, gray: 6 memory blocks x 6 recursions, gated long-term "
                     "memory, multi-supervised reconstruction", {"channels": 1, "blocks": 6, "recursions": 6},
                     default_weights=WEIGHTS / "memnet_demo.pth"))
+register(ModelEntry("rtdenoise", RTDenoise,
+                    "Light blind color denoiser for real time on a CPU: pixel-unshuffle, a few narrow 3x3 "
+                    "layers, residual output (sigma 0-50)", {"channels": 3},
+                    default_weights=WEIGHTS / "rtdenoise.pth"))
 register(ModelEntry("allinone", AllInOne,
                     "All-in-one (ADMS) rain/blur/noise: a classifier routes each tile to its degradation's "
                     "folded network (UM + 3% discriminative filters)",
                     default_weights=Path(__file__).parent / "weights" / "allinone.pth"))
 
 __all__ = [
-    "AllInOne", "Checkpoint", "DeblurGANv2", "DnCNN", "MemNet", "PathRestore", "RLRestore", "SRN", "ModelEntry", "RestorationModel", "StageGraph", "StagePlan", "TensorSpec", "Tiling",
+    "AllInOne", "Checkpoint", "DeblurGANv2", "DnCNN", "MemNet", "PathRestore", "RLRestore", "RTDenoise", "SRN", "ModelEntry", "RestorationModel", "StageGraph", "StagePlan", "TensorSpec", "Tiling",
     "create_model", "get_entry", "list_models", "load_checkpoint", "register", "save_checkpoint",
 ]

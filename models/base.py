@@ -72,9 +72,11 @@ class Tiling:
     halo: int
     ramp: int = 5
     fixed: bool = False  # the stages only accept this tile size (routers with FC layers)
-    # Run whole images unless the user asks for tiles: the output depends on the whole
-    # image (per-image normalization statistics, a coarse-to-fine pyramid), so tiles would
-    # change it. ``tile``/``overlap`` are then what ``--tile`` without ``--overlap`` uses.
+    # Run whole images unless the user asks for tiles (or a whole one does not fit the memory
+    # budget): the output depends on the whole image (per-image normalization statistics, a
+    # coarse-to-fine pyramid), so tiles would change it; or the network is so light that the
+    # overlap recomputed at tile borders and the calls per tile would cost more than it does.
+    # ``tile``/``overlap`` are then what ``--tile`` without ``--overlap`` (or the fallback) uses.
     whole: bool = False
 
     def to_json(self) -> dict[str, Any]:

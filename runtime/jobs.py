@@ -19,6 +19,8 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,13 +149,27 @@ def worker_name() -> str:
     return name
 
 
+@contextmanager
+def failures_recorded(record: dict[str, Any]) -> Iterator[None]:
+    """Run an item's work: an exception becomes the record's failure (an EdgeRestoreError's one
+    line, else the exception's type and message), not the job's; either way the record gets
+    the seconds the work took."""
+    start = time.perf_counter()
+    try:
+        yield
+    except EdgeRestoreError as err:
+        record.update(status="failed", error=str(err))
+    except Exception as exc:  # noqa: BLE001 - one item's failure of any kind must not stop the job
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    record["seconds"] = time.perf_counter() - start
+
+
 def restore_item(session: Session, item: Item, key: str) -> dict:
     """Restore one item and describe it; a bad item (unreadable, unwritable) is a failed
     record, not an exception, so the job goes on with the others."""
-    start = time.perf_counter()
     record: dict[str, Any] = {"source": item.source, "output": item.output, "fingerprint": key,
                               "worker": worker_name()}
-    try:
+    with failures_recorded(record):
         image = imageio.read_image(item.source)
         result = session.run(image.pixels)
         if item.gt:  # before writing: an item whose score fails is not done
@@ -166,11 +182,6 @@ def restore_item(session: Session, item: Item, key: str) -> dict:
                       branches={name: np.bincount(choice[choice >= 0]).tolist() for name, choice in
                                 result.decisions.items()},
                       restore_seconds=result.seconds)
-    except EdgeRestoreError as err:
-        record.update(status="failed", error=str(err))
-    except Exception as exc:  # noqa: BLE001 - one item's failure of any kind must not stop the job
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-    record["seconds"] = time.perf_counter() - start
     return record
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from . import avio
 from .atomic import atomic_file
 from .errors import EdgeRestoreError
-from .jobs import Item, worker_name
+from .jobs import Item, failures_recorded, worker_name
 from .schema import file_sha256
 from .session import Session
 from .stream import Skipped
@@ -46,7 +46,6 @@ def plan(video: Item, codec: str | None, segment_frames: int) -> list[Item]:
 
 def restore_segment(session: Session, item: Item, key: str) -> dict:
     """An actor's work on one segment: decode from its keyframe, restore, encode its part."""
-    start = time.perf_counter()
     spec = json.loads(item.segment)
     segment = avio.Segment(**{k: spec[k] for k in ("index", "start", "end", "first", "frames")})
     record: dict[str, Any] = {"source": item.source, "output": item.output, "fingerprint": key,
@@ -55,7 +54,7 @@ def restore_segment(session: Session, item: Item, key: str) -> dict:
     corrupt: list[int] = []
     notes: list[str] = []
     gmac = full_gmac = restore_seconds = 0.0
-    try:
+    with failures_recorded(record):
         source = avio.AvSource(item.source, segment)
         try:
             Path(item.output).parent.mkdir(parents=True, exist_ok=True)
@@ -78,11 +77,6 @@ def restore_segment(session: Session, item: Item, key: str) -> dict:
         record.update(status="ok", sha256=file_sha256(Path(item.output)), frames=sink.frames, corrupt=corrupt,
                       gmac=gmac / max(sink.frames, 1), full_gmac=full_gmac / max(sink.frames, 1),
                       restore_seconds=restore_seconds, notes=notes)
-    except EdgeRestoreError as err:
-        record.update(status="failed", error=str(err))
-    except Exception as exc:  # noqa: BLE001 - one segment's failure of any kind must not stop the job
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-    record["seconds"] = time.perf_counter() - start
     return record
 
 

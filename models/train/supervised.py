@@ -1,7 +1,8 @@
 """Small supervised training runs: degraded patch in, clean patch out, one model.
 
-Trains the demo checkpoints of SRN-DeblurNet, DeblurGAN-v2 and MemNet on synthetic
-degradations (blur for the deblurrers, Gaussian noise for MemNet) on the CPU. Every model
+Trains the demo checkpoints of SRN-DeblurNet, DeblurGAN-v2 and MemNet, and the shipped
+rtdenoise, on synthetic degradations (blur for the deblurrers, Gaussian noise for the
+denoisers: blind and spatially variant, as Path-Restore's training draws it) on the CPU. Every model
 starts as the identity (its output layer zero, so the output is the input, or the
 blurred input routed through its skips) and learns the correction; a few hundred steps
 then already restore instead of destroying. Losses follow the papers' supervision without
@@ -30,13 +31,14 @@ from ..base import RestorationModel
 from ..checkpoint import save_checkpoint
 from ..deblurganv2 import DeblurGANv2, SeparableConv2d
 from ..memnet import MemNet
+from ..rtdenoise import RTDenoise
 from ..srn import SRN, resize_bilinear
 from .state import load_state, pack_numpy_rng, save_state, unpack_numpy_rng
 
 
 @dataclass
 class SupervisedConfig:
-    model: str  # srn | deblurganv2 | memnet
+    model: str  # srn | deblurganv2 | memnet | rtdenoise
     data: str
     output: str
     arch: dict[str, Any] = field(default_factory=dict)  # the model's config (widths, variant, ...)
@@ -94,6 +96,13 @@ def _init_memnet(model: MemNet) -> None:
         model.reconstructor.conv.weight.zero_()
 
 
+def _init_rtdenoise(model: RTDenoise) -> None:
+    last = model.last_conv
+    with torch.no_grad():  # no correction: the output is the input
+        last.weight.zero_()
+        last.bias.zero_()
+
+
 def _loss_srn(model: SRN, degraded: torch.Tensor, clean: torch.Tensor):
     outputs = model.pyramid(degraded)
     loss = sum(F.mse_loss(out.float(), resize_bilinear(clean, *out.shape[-2:])) for out in outputs)
@@ -102,6 +111,11 @@ def _loss_srn(model: SRN, degraded: torch.Tensor, clean: torch.Tensor):
 
 def _loss_deblurganv2(model: DeblurGANv2, degraded: torch.Tensor, clean: torch.Tensor):
     out = (model(degraded * 2 - 1).float() + 1) / 2
+    return F.mse_loss(out, clean), out
+
+
+def _loss_direct(model: RestorationModel, degraded: torch.Tensor, clean: torch.Tensor):
+    out = model(degraded).float()
     return F.mse_loss(out, clean), out
 
 
@@ -118,12 +132,14 @@ class Recipe:
     init: Callable[[Any], None]
     loss: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     task: str  # "blur" | "noise"
+    eight_bit: bool = False  # noisy inputs as a camera delivers them: clipped, 8-bit
 
 
 RECIPES = {
     "srn": Recipe(SRN, _init_srn, _loss_srn, "blur"),
     "deblurganv2": Recipe(DeblurGANv2, _init_deblurganv2, _loss_deblurganv2, "blur"),
     "memnet": Recipe(MemNet, _init_memnet, _loss_memnet, "noise"),
+    "rtdenoise": Recipe(RTDenoise, _init_rtdenoise, _loss_direct, "noise", eight_bit=True),
 }
 
 
@@ -135,7 +151,8 @@ def _patches(config: SupervisedConfig, channels: int):
                            channels=channels, seed=config.seed)
     from .data import NoisyPatches
 
-    return NoisyPatches(config.data, config.patch, tuple(config.sigma), channels=channels, seed=config.seed)
+    return NoisyPatches(config.data, config.patch, tuple(config.sigma), channels=channels, seed=config.seed,
+                        eight_bit=RECIPES[config.model].eight_bit)
 
 
 def _comparable(config: SupervisedConfig) -> dict[str, Any]:

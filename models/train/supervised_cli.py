@@ -1,7 +1,8 @@
-"""``edgerestore train srn|deblurganv2|memnet``: the demo checkpoints' training runs.
+"""``edgerestore train srn|deblurganv2|memnet|rtdenoise``: supervised training runs.
 
 Defaults are the settings of the shipped demo checkpoints (README, "Deblurring and MemNet"),
-so ``edgerestore train srn --data ../shared/data/BSDS400_color -o srn.pth`` reproduces one.
+so ``edgerestore train srn --data ../shared/data/BSDS400_color -o srn.pth`` reproduces one;
+``edgerestore train rtdenoise`` reproduces the shipped rtdenoise checkpoint.
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ def _blur_options(command):
 
 
 def _run(model: str, arch: dict, defaults: dict, options: dict) -> None:
-    from .cli import training_progress
+    from .cli import cpu_has_bf16, training_progress
     from .supervised import SupervisedConfig, train
 
     settings = {**defaults, **{k: v for k, v in options.items() if v is not None}}
-    bf16 = not settings.pop("no_bf16")
+    bf16 = not settings.pop("no_bf16") and cpu_has_bf16()
     for key in ("blur_length",):
         if key in settings:
             settings["blur_lengths"] = tuple(settings.pop(key))
@@ -98,6 +99,22 @@ def memnet_command(sigma, features, blocks, recursions, **options):
     _run("memnet", arch, {"steps": 500, "batch": 8, "patch": 64, "lr": 1e-3, "sigma": tuple(sigma)}, options)
 
 
+@click.command("rtdenoise")
+@_common
+@click.option("--sigma", nargs=2, type=float, default=(0.0, 50.0), show_default=True,
+              help="Noise sigma range (0-255 scale): per patch uniform, a ramp or a few peaks within it.")
+@click.option("--features", type=click.IntRange(1), default=32, show_default=True, help="Channels of every layer.")
+@click.option("--depth", type=click.IntRange(2), default=5, show_default=True, help="3x3 convolution layers.")
+@click.option("--unshuffle", type=click.IntRange(1), default=2, show_default=True,
+              help="Pixel-unshuffle factor: the layers run at 1/UNSHUFFLE of the resolution.")
+@click.option("--levels", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="2: a two-level U-Net (DEPTH layers at half the resolution again, 2x FEATURES).")
+def rtdenoise_command(sigma, features, depth, unshuffle, levels, **options):
+    """rtdenoise, the light color denoiser, on blind noise (8-bit noisy inputs, MSE)."""
+    arch = {"channels": 3, "features": features, "depth": depth, "unshuffle": unshuffle, "levels": levels}
+    _run("rtdenoise", arch, {"steps": 6000, "batch": 16, "patch": 96, "lr": 2e-3, "sigma": tuple(sigma)}, options)
+
+
 def _ints(text: str, count: int) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
@@ -109,5 +126,5 @@ def _ints(text: str, count: int) -> list[int]:
 
 
 def register(group: click.Group) -> None:
-    for command in (srn_command, deblurganv2_command, memnet_command):
+    for command in (srn_command, deblurganv2_command, memnet_command, rtdenoise_command):
         group.add_command(command)
