@@ -37,7 +37,7 @@ def _conv_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
 class RTDenoise(RestorationModel):
     arch = "rtdenoise"
 
-    def __init__(self, channels: int = 3, features: int = 32, depth: int = 5, unshuffle: int = 2, levels: int = 1):
+    def __init__(self, channels: int = 3, features: int = 24, depth: int = 3, unshuffle: int = 2, levels: int = 2):
         super().__init__()
         if depth < (2 if levels == 1 else 1) or features < 1 or unshuffle < 1 or levels not in (1, 2):
             raise EdgeRestoreError(f"rtdenoise needs depth >= 2 (>= 1 with levels 2), features >= 1, "

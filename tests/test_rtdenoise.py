@@ -43,7 +43,7 @@ def test_receptive_field_is_what_the_model_declares(unshuffle, levels):
 
 
 def test_macs_per_pixel_count_the_packed_resolution():
-    model = RTDenoise(features=32, depth=5, unshuffle=2)
+    model = RTDenoise(features=32, depth=5, unshuffle=2, levels=1)
     assert model.macs_per_pixel() == 9 * (12 * 32 + 3 * 32 * 32 + 32 * 12) / 4
     unet = RTDenoise(features=24, depth=3, unshuffle=2, levels=2)
     half = 9 * (12 * 24 + 24 * 24 + 24 * 12)  # head and tail, per pixel at 1/2
@@ -55,13 +55,14 @@ def test_bad_config_is_one_clear_error():
     from edgerestore.runtime.errors import EdgeRestoreError
 
     with pytest.raises(EdgeRestoreError, match="depth >= 2"):
-        RTDenoise(depth=1)
+        RTDenoise(depth=1, levels=1)
 
 
 def test_exported_bundle_runs_whole_frames_equal_to_tiles(tmp_path):
     """The bundle's default is whole frames (uint8 through the tile library's plane functions);
-    tiles with the default overlap give the same image on even sizes (the pixel-unshuffle
-    groups pixels in pairs, so odd tile origins would regroup them)."""
+    tiles with the default overlap give the same image where every tile origin is a multiple
+    of 4 (the pixel-unshuffle and the stride-2 level group pixels in 4s: other origins would
+    regroup them)."""
     import edgerestore
     from edgerestore.models import save_checkpoint
 
@@ -101,7 +102,7 @@ def test_train_command_writes_a_checkpoint_that_exports(tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     model = create_model("rtdenoise", weights=weights)
-    assert model.config() == {"channels": 3, "features": 8, "depth": 3, "unshuffle": 2, "levels": 1}
+    assert model.config() == {"channels": 3, "features": 8, "depth": 3, "unshuffle": 2, "levels": 2}
     export = subprocess.run([cli, "export", "rtdenoise", "--weights", str(weights), "-o", str(tmp_path / "b")],
                             capture_output=True, text=True)
     assert export.returncode == 0, export.stderr

@@ -103,16 +103,20 @@ def memnet_command(sigma, features, blocks, recursions, **options):
 @_common
 @click.option("--sigma", nargs=2, type=float, default=(0.0, 50.0), show_default=True,
               help="Noise sigma range (0-255 scale): per patch uniform, a ramp or a few peaks within it.")
-@click.option("--features", type=click.IntRange(1), default=32, show_default=True, help="Channels of every layer.")
-@click.option("--depth", type=click.IntRange(2), default=5, show_default=True, help="3x3 convolution layers.")
+@click.option("--features", type=click.IntRange(1), default=24, show_default=True,
+              help="Channels of the layers at 1/UNSHUFFLE (twice that at the U-Net's lower level).")
+@click.option("--depth", type=click.IntRange(1), default=3, show_default=True,
+              help="3x3 layers: of the plain stack (levels 1, >= 2), or at the U-Net's lower level (levels 2).")
 @click.option("--unshuffle", type=click.IntRange(1), default=2, show_default=True,
               help="Pixel-unshuffle factor: the layers run at 1/UNSHUFFLE of the resolution.")
-@click.option("--levels", type=click.IntRange(1, 2), default=1, show_default=True,
-              help="2: a two-level U-Net (DEPTH layers at half the resolution again, 2x FEATURES).")
+@click.option("--levels", type=click.IntRange(1, 2), default=2, show_default=True,
+              help="1: a plain stack of DEPTH layers; 2: a two-level U-Net (DEPTH layers at half the resolution "
+                   "again, 2x FEATURES).")
 def rtdenoise_command(sigma, features, depth, unshuffle, levels, **options):
     """rtdenoise, the light color denoiser, on blind noise (8-bit noisy inputs, MSE)."""
     arch = {"channels": 3, "features": features, "depth": depth, "unshuffle": unshuffle, "levels": levels}
-    _run("rtdenoise", arch, {"steps": 6000, "batch": 16, "patch": 96, "lr": 2e-3, "sigma": tuple(sigma)}, options)
+    # the shipped checkpoint's settings (README, "Real time on a CPU")
+    _run("rtdenoise", arch, {"steps": 7000, "batch": 16, "patch": 96, "lr": 2e-3, "sigma": tuple(sigma)}, options)
 
 
 def _ints(text: str, count: int) -> list[int]:
