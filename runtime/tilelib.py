@@ -291,10 +291,9 @@ def merge_u8(tiles: np.ndarray, grid: TileGrid, lo: float = 0.0, hi: float = 1.0
     return result
 
 
-def planes_from_u8(image: np.ndarray, lo: float = 0.0, hi: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
+def planes_from_u8(image: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
     """A whole uint8 HxWxC (or HxW) frame -> float32 planes (C, H, W): each value as
-    :func:`extract` gives it (lo + (hi - lo) * pixel / 255). ``out`` may be a preallocated
-    C-contiguous (C, H, W) float32 array (a stage's input buffer)."""
+    :func:`extract` gives it (lo + (hi - lo) * pixel / 255)."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         raise EdgeRestoreError("planes_from_u8 takes a uint8 numpy frame")
     frame = image[:, :, None] if image.ndim == 2 else image
@@ -302,10 +301,7 @@ def planes_from_u8(image: np.ndarray, lo: float = 0.0, hi: float = 1.0, out: np.
         raise EdgeRestoreError(f"image must be HxW or HxWxC, got shape {image.shape}")
     frame, pitch = _frame_layout(frame)
     h, w, c = frame.shape
-    if out is None:
-        out = np.empty((c, h, w), np.float32)
-    elif out.shape != (c, h, w) or out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable:
-        raise EdgeRestoreError(f"out must be a writeable C-contiguous float32 array of shape {(c, h, w)}")
+    out = np.empty((c, h, w), np.float32)
     _check(load().er_planes_from_u8(frame.ctypes.data, pitch, h, w, c, lo, hi, out.ctypes.data), "planes_from_u8")
     return out
 
