@@ -35,9 +35,14 @@ class Score:
                 "per_branch": {k: _finite(v) for k, v in self.per_branch.items()}}
 
 
-def score(bundle: Bundle, samples: list[Sample], precision: str, backend: str = "onnxruntime",
+# INT8 as its Q/DQ graph defines it, the same on every machine (runtime/backends/qdq_reference_backend.py)
+REFERENCE_BACKEND = "qdq-reference"
+
+
+def score(bundle: Bundle, samples: list[Sample], precision: str, backend: str = REFERENCE_BACKEND,
           branches_of: "Score | None" = None) -> Score:
-    """Restore every held-out crop with ``precision`` stages. Per-branch PSNR groups tiles by
+    """Restore every held-out crop with ``precision`` stages (by default in the reference
+    arithmetic, which calibration decides on). Per-branch PSNR groups tiles by
     the decisions of ``branches_of`` (the FP32 run), so FP32 and INT8 rows cover the same
     pixels even where the INT8 router decides differently."""
     session = Session(bundle, backend=backend, precision=precision)

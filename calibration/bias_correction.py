@@ -12,13 +12,12 @@ as TensorRT wants them); the calibration ranges, and so the TensorRT caches, sta
 calibrated. A TensorRT engine built from the caches (implicit INT8, TensorRT 8.x) reads the
 FP32 graph and so goes without the correction.
 
-Which arithmetic measures the INT8 means matters. ``exact_qdq=False`` (the export's setting
-today) runs the Q/DQ graph as ONNX Runtime optimizes it: fused integer kernels whose results
-depend on the CPU and the release (on AVX2 without VNNI they differ from the Q/DQ semantics
-by a fifth of the output range on the tests' chain). ``exact_qdq=True`` runs the graph as
-written: QuantizeLinear / DequantizeLinear with their own float semantics (round half to
-even, saturate, rescale) around float convolutions, the same on every machine up to float32
-rounding; the tests check the correction in that arithmetic.
+The INT8 means are measured in the Q/DQ graph's own arithmetic (QuantizeLinear /
+DequantizeLinear with their float semantics around float convolutions: scales.cpu_session),
+the same on every machine up to float32 rounding, not in ONNX Runtime's fused integer
+kernels, whose results depend on the CPU and the release (on AVX2 without VNNI they differ
+from the Q/DQ semantics by a fifth of the output range on the tests' chain): the correction
+then fits the model every backend is meant to compute, not this CPU's kernels.
 """
 
 from __future__ import annotations
@@ -35,10 +34,10 @@ from .scales import cpu_session
 Feeds = dict[str, np.ndarray]
 
 
-def session_with_outputs(model: onnx.ModelProto, outputs: list[str], exact_qdq: bool = False):
-    """A session on ``model`` that also returns the intermediate tensors ``outputs``: as ONNX
-    Runtime optimizes it for inference, or with ``exact_qdq`` as written (module docstring)."""
-    return cpu_session(_with_outputs(model, outputs).SerializeToString(), optimize=not exact_qdq)
+def session_with_outputs(model: onnx.ModelProto, outputs: list[str]):
+    """A session on ``model`` that also returns the intermediate tensors ``outputs`` (Q/DQ in
+    exact float arithmetic, module docstring)."""
+    return cpu_session(_with_outputs(model, outputs).SerializeToString(), optimize=True)
 
 
 def _with_outputs(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
@@ -51,10 +50,9 @@ def _with_outputs(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto
     return extended
 
 
-def channel_means(model: onnx.ModelProto, outputs: list[str], feeds: list[Feeds],
-                  exact_qdq: bool = False) -> dict[str, np.ndarray]:
+def channel_means(model: onnx.ModelProto, outputs: list[str], feeds: list[Feeds]) -> dict[str, np.ndarray]:
     """Per-channel (axis 1) mean of each tensor in ``outputs`` over all ``feeds`` batches."""
-    session = session_with_outputs(model, outputs, exact_qdq)
+    session = session_with_outputs(model, outputs)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for batch in feeds:
@@ -84,11 +82,9 @@ def _shift_bias(model: onnx.ModelProto, conv: onnx.NodeProto, delta: np.ndarray)
 
 
 def correct_biases(fp32: Path, qdq: Path, feeds: list[Feeds],
-                   progress: Callable[[str, int, int], None] = lambda *_: None,
-                   exact_qdq: bool = False) -> dict[str, list[float]]:
+                   progress: Callable[[str, int, int], None] = lambda *_: None) -> dict[str, list[float]]:
     """Rewrites ``qdq`` in place with corrected biases; returns, per convolution output, the
-    per-channel shift that was removed (FP32 mean - INT8 mean before the correction, the INT8
-    side measured in the arithmetic ``exact_qdq`` picks)."""
+    per-channel shift that was removed (FP32 mean - INT8 mean before the correction)."""
     reference_model = onnx.load(str(fp32))
     model = onnx.load(str(qdq))
     reference_outputs = {n.output[0] for n in corrected_convolutions(reference_model)}
@@ -102,7 +98,7 @@ def correct_biases(fp32: Path, qdq: Path, feeds: list[Feeds],
     shifts = {}
     for i, (conv, name) in enumerate(convs):
         progress(f"bias correction {conv.name or name}", i, len(convs))
-        delta = reference[name] - channel_means(model, [conv.output[0]], feeds, exact_qdq)[conv.output[0]]
+        delta = reference[name] - channel_means(model, [conv.output[0]], feeds)[conv.output[0]]
         _shift_bias(model, conv, delta)
         shifts[name] = [float(v) for v in delta]
     onnx.save(model, str(qdq))

@@ -55,6 +55,8 @@ class Int8Options:
     equalize: bool = True  # even out channel ranges of Conv-ReLU-Conv chains first (calibration/equalize.py)
     equalize_alpha: float = DEFAULT_ALPHA  # its weight of activation ranges against weight ranges
     weight_bits: int = DEFAULT_WEIGHT_BITS  # 7: no 16-bit saturation on AVX2 CPUs (calibration/quantize.py)
+    # deployment backends whose FP32/INT8 the report adds beside the Q/DQ reference (None: all installed)
+    report_backends: tuple[str, ...] | None = None
 
     def __post_init__(self):
         check_method(self.method)
@@ -170,7 +172,7 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
             report.alternative = score(writer.bundle(), held, "int8", branches_of=fp32_score)
     scales = writer.write(shipped, set(fp32_layers), shipped_feeds)
     if held:
-        report.scores = _score_table(writer.bundle(), held, fp32_score)
+        report.scores = _score_table(writer.bundle(), held, fp32_score, options.report_backends)
         report.routing_agreement = routing_agreement(report.scores[0], report.scores[1])
     caches, effective = _write_caches(root, report.trt_header, shipped, scales)
     report.seconds = time.perf_counter() - start
@@ -273,11 +275,11 @@ class _StageWriter:
         return manifest
 
 
-def _score_table(bundle: Bundle, held: list[Sample], fp32: Score) -> list[Score]:
+def _score_table(bundle: Bundle, held: list[Sample], fp32: Score, report_backends: tuple[str, ...] | None) -> list[Score]:
+    """The reference rows (exact Q/DQ arithmetic: what calibration measured), then FP32 and
+    INT8 on each deployment backend (all installed ones unless ``report_backends`` says)."""
     rows = [fp32, score(bundle, held, "int8", branches_of=fp32)]
-    for backend in backends.available():
-        if backend in ("onnxruntime", "torch"):  # torch is a reference interpreter, not a deployment target
-            continue
+    for backend in backends.available(deployment=True) if report_backends is None else report_backends:
         reference = score(bundle, held, "fp32", backend)
         rows += [reference, score(bundle, held, "int8", backend, branches_of=reference)]
     return rows

@@ -74,13 +74,17 @@ class _Once:
 def cpu_session(model: str | bytes, optimize: bool = False):
     """An ONNX Runtime CPU session for calibration work, without spinning threads, which would
     compete with the runtime's own sessions called in between (see
-    runtime/backends/onnxruntime_backend.py). Without ``optimize`` the graph stays as written,
-    so every tensor stays observable (what ONNX Runtime's calibrator builds)."""
+    runtime/backends/onnxruntime_backend.py). Q/DQ pairs are never fused into integer
+    kernels: every INT8 measurement of calibration is the Q/DQ graph's exact float arithmetic
+    (runtime/backends/qdq_reference_backend.py), the same on every CPU and release. Without
+    ``optimize`` the graph stays as written, so every tensor stays observable (what ONNX
+    Runtime's calibrator builds)."""
     import onnxruntime as ort
 
     from edgerestore.runtime.backends.onnxruntime_backend import SPINNING
 
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", SPINNING)

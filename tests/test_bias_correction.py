@@ -51,10 +51,10 @@ def quantized(folder, path, feeds, fp32_nodes, name):
     return out
 
 
-def mean_error(fp32_path, qdq_path, feeds, exact_qdq=True):
+def mean_error(fp32_path, qdq_path, feeds):
     names = conv_outputs(fp32_path)
     ref = channel_means(onnx.load(str(fp32_path)), names, feeds)
-    got = channel_means(onnx.load(str(qdq_path)), names, feeds, exact_qdq)
+    got = channel_means(onnx.load(str(qdq_path)), names, feeds)
     return {n: float(np.abs(ref[n] - got[n]).max()) for n in names}
 
 
@@ -71,7 +71,7 @@ def test_correction_removes_the_mean_shift_of_every_convolution(chain, keep_last
     nodes = compute_nodes(path)
     qdq = quantized(folder, path, feeds, [nodes[-1]] if keep_last_fp32 else [], f"q{keep_last_fp32}.onnx")
     before = mean_error(path, qdq, feeds)
-    shifts = correct_biases(path, qdq, feeds, exact_qdq=True)
+    shifts = correct_biases(path, qdq, feeds)
     after = mean_error(path, qdq, feeds)
     assert set(shifts) == set(before)  # every convolution, INT8 or kept in FP32
     assert max(before.values()) > 1e-3  # the coarse ranges did shift the means
@@ -92,16 +92,16 @@ def test_correction_removes_the_mean_shift_of_every_convolution(chain, keep_last
 
 
 def test_correction_changes_only_the_biases_by_the_measured_shift(chain):
-    """What holds in any arithmetic, ONNX Runtime's optimized kernels included: only the float
-    biases change, each by the shift returned, and the first convolution's shift (its input is
-    the graph input, untouched by other corrections) is the mean error measured beforehand."""
+    """Only the float biases change, each by the shift returned, and the first convolution's
+    shift (its input is the graph input, untouched by other corrections) is the mean error
+    measured beforehand."""
     folder, path, feeds = chain
     qdq = quantized(folder, path, feeds, [], "q_default.onnx")
     first = conv_outputs(path)[0]
     measured = channel_means(onnx.load(str(path)), [first], feeds)[first] - \
         channel_means(onnx.load(str(qdq)), [first], feeds)[first]
     before = float_initializers(qdq)
-    shifts = correct_biases(path, qdq, feeds)  # the export's arithmetic
+    shifts = correct_biases(path, qdq, feeds)
     after = float_initializers(qdq)
     np.testing.assert_allclose(shifts[first], measured, rtol=0, atol=1e-6)
     model = onnx.load(str(qdq))

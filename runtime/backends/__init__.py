@@ -34,6 +34,9 @@ _BACKENDS: dict[str, tuple[str, str]] = {
     "openvino": ("openvino_backend", "openvino"),
     "onnxruntime": ("onnxruntime_backend", "onnxruntime"),
     "torch": ("torch_backend", "torch"),
+    # INT8 as the Q/DQ graph defines it, in float (calibration's reference; never "auto"'s pick,
+    # since onnxruntime, which it needs, comes first)
+    "qdq-reference": ("qdq_reference_backend", "onnxruntime"),
 }
 # Backends that run engines built for the device (`edgerestore build`), not the stage ONNX:
 # never picked by "auto", not in available(). Their modules also define
@@ -42,11 +45,15 @@ _DEVICE_BACKENDS: dict[str, tuple[str, str]] = {
     "tensorrt": ("tensorrt_backend", "tensorrt"),
 }
 NAMES = ("auto", *_BACKENDS, *_DEVICE_BACKENDS)
+# Backends that exist to check the others against, not to deploy on
+REFERENCES = ("torch", "qdq-reference")
 
 
-def available() -> list[str]:
-    """Installed CPU backends, in "auto" preference order."""
-    return [name for name, (_, package) in _BACKENDS.items() if importlib.util.find_spec(package) is not None]
+def available(deployment: bool = False) -> list[str]:
+    """Installed CPU backends, in "auto" preference order; ``deployment``: only those a
+    product runs on (not the torch interpreter nor the Q/DQ reference)."""
+    return [name for name, (_, package) in _BACKENDS.items() if importlib.util.find_spec(package) is not None
+            and not (deployment and name in REFERENCES)]
 
 
 def resolve(name: str) -> str:

@@ -50,10 +50,16 @@ def _share_arena() -> None:
 
 
 class OrtStage:
-    def __init__(self, path: Path, threads: int | None = None):
+    """``exact_qdq``: keep every QuantizeLinear / DequantizeLinear as its own float op around
+    float convolutions (the Q/DQ graph's semantics; qdq_reference_backend.py) instead of
+    fusing them into ONNX Runtime's integer kernels. Every other optimization stays on."""
+
+    def __init__(self, path: Path, threads: int | None = None, exact_qdq: bool = False):
         _share_arena()
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if exact_qdq:
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
         if threads:
             options.intra_op_num_threads = int(threads)
         options.add_session_config_entry("session.use_env_allocators", "1")
@@ -76,3 +82,12 @@ def _first_line(err: Exception) -> str:
 
 def load(path: Path, threads: int | None = None) -> OrtStage:
     return OrtStage(path, threads)
+
+
+# Integer kernels ONNX Runtime's CPU provider fuses Q/DQ graphs into: a session computing the
+# exact Q/DQ arithmetic runs none of them (tests/test_qdq_reference.py profiles for them).
+INTEGER_KERNELS = frozenset({"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm",
+                             "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearLeakyRelu", "QLinearSigmoid",
+                             "QLinearGlobalAveragePool", "QLinearAveragePool", "DynamicQuantizeMatMul",
+                             "QLinearConvTranspose", "MatMulIntegerToFloat", "QLinearReduceMean",
+                             "QLinearSoftmax", "QLinearWhere"})
