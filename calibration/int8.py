@@ -24,12 +24,13 @@ from edgerestore.runtime.schema import Manifest, file_sha256, write_manifest
 
 from . import trt_cache
 from .accuracy import Score, routing_agreement, score
+from .adaround import StageRounding, round_stage
 from .bias_correction import correct_biases
 from .capture import Capture, capture, is_routed
 from .equalize import DEFAULT_ALPHA, Equalization, equalize_stage
 from .macs import int8_mac_share
 from .policy import Layer, SearchResult, all_layers, default_fp32_layers, layer_weights, sensitivity_search
-from .quantize import DEFAULT_WEIGHT_BITS, WEIGHT_BITS, quantize_stage
+from .quantize import DEFAULT_WEIGHT_BITS, QMAX_OF_BITS, WEIGHT_BITS, quantize_stage
 from .scales import check_method
 from .sources import FolderSplit, Sample
 
@@ -55,6 +56,7 @@ class Int8Options:
     equalize: bool = True  # even out channel ranges of Conv-ReLU-Conv chains first (calibration/equalize.py)
     equalize_alpha: float = DEFAULT_ALPHA  # its weight of activation ranges against weight ranges
     weight_bits: int = DEFAULT_WEIGHT_BITS  # 7: no 16-bit saturation on AVX2 CPUs (calibration/quantize.py)
+    adaround: bool = True  # learned weight rounding of the INT8 convolutions (calibration/adaround.py)
     # deployment backends whose FP32/INT8 the report adds beside the Q/DQ reference (None: all installed)
     report_backends: tuple[str, ...] | None = None
 
@@ -94,6 +96,17 @@ class Int8Report:
     seconds: float = 0.0
     int8_mac_share: float = 1.0  # of every compute layer's MACs, what the INT8 layers carry (.macs)
     weight_bits: int = DEFAULT_WEIGHT_BITS
+    adaround: dict[str, StageRounding] = field(default_factory=dict)  # stage -> learned rounding
+
+    def adaround_summary(self) -> tuple[int, int, float] | None:
+        """(layers using the learned rounding, layers fitted, mean held-out MSE ratio learned /
+        nearest over them), or None when AdaRound did not run."""
+        layers = [layer for rounding in self.adaround.values() for layer in rounding.layers]
+        if not layers:
+            return None
+        used = [layer for layer in layers if layer.kept]
+        ratios = [min(layer.learned, layer.nearest) / layer.nearest for layer in layers if layer.nearest > 0]
+        return len(used), len(layers), float(sum(ratios) / len(ratios)) if ratios else 1.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +120,7 @@ class Int8Report:
             "routing_agreement": self.routing_agreement,
             "search": None if self.search is None else self.search.to_json(), "seconds": self.seconds,
             "int8_mac_share": self.int8_mac_share, "weight_bits": self.weight_bits,
+            "adaround": {stage: rounding.to_json() for stage, rounding in self.adaround.items()},
         }
 
 
@@ -139,10 +153,12 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
         (shipped, shipped_feeds), (other, other_feeds) = (amax_agnostic, agnostic_feeds), (amax_aware, aware_feeds)
     else:
         (shipped, shipped_feeds), (other, other_feeds) = (amax_aware, aware_feeds), (amax_agnostic, agnostic_feeds)
+    rounding = _adaround(bundle, shipped, shipped_feeds, options, progress) if options.adaround else {}
     if not options.bias_correction:
         shipped_feeds = other_feeds = {}
 
-    writer = _StageWriter(root, bundle, progress, options.weight_bits)
+    writer = _StageWriter(root, bundle, progress, options.weight_bits,
+                          {stage: r.weights for stage, r in rounding.items()})
     layers = all_layers(bundle)
     search = None
     fp32_score = score(writer.bundle(), held, "fp32") if held else None
@@ -164,7 +180,7 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
                                "INT8 layer; allow a larger --max-drop, or export without --int8")
     report = Int8Report(options.method, trt_cache.header(options.trt, options.method), fp32_layers,
                         aware.images, aware.tiles, len(held), route_aware=not (options.route_agnostic and routed),
-                        search=search, int8_mac_share=share, weight_bits=options.weight_bits)
+                        search=search, int8_mac_share=share, weight_bits=options.weight_bits, adaround=rounding)
     if held:
         progress("scoring FP32 vs INT8 on the held-out crops", 0, 0)
         if other is not None:
@@ -179,6 +195,15 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
     _write_calibration_json(root, options, report, shipped, amax_aware, amax_agnostic, effective, caches,
                             fallback, aware, agnostic, fp32_layers, writer.shifts, equalization)
     return write_manifest(root, writer.manifest(caches, final=True)), report
+
+
+def _adaround(bundle: Bundle, amax: dict[str, dict[str, float]], feeds: dict[str, list[dict]],
+              options: Int8Options, progress: Progress) -> dict[str, StageRounding]:
+    """Learned rounding per stage, fitted once on the calibration tiles the shipped ranges
+    came from; every later write (search candidates, the final bundle) reuses it."""
+    qmax = QMAX_OF_BITS[options.weight_bits]
+    return {stage: round_stage(bundle.stage_path(stage, "fp32"), feeds[stage], amax[stage], qmax, progress)
+            for stage in bundle.stages if feeds.get(stage)}
 
 
 def _input_shapes(*captures: Capture | None) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -233,8 +258,9 @@ class _StageWriter:
     stage with feeds (its input batches) is bias-corrected after quantization."""
 
     def __init__(self, root: Path, bundle: Bundle, progress: Progress = lambda *_: None,
-                 weight_bits: int = DEFAULT_WEIGHT_BITS):
+                 weight_bits: int = DEFAULT_WEIGHT_BITS, rounded: dict[str, dict[str, Any]] | None = None):
         self.root, self.stages, self.weight_bits = root, list(bundle.stages), weight_bits
+        self.rounded = rounded or {}  # stage -> node -> weights on the grid (AdaRound)
         self.fp32 = {stage: bundle.stage_path(stage, "fp32") for stage in self.stages}
         self.base = bundle.spec
         self.written: dict[str, tuple[str, frozenset]] = {}
@@ -251,7 +277,7 @@ class _StageWriter:
             if self.written.get(stage) != key:
                 path = self.root / f"{stage}.int8.onnx"
                 self.scales[stage] = quantize_stage(self.fp32[stage], path, amax[stage], sorted(nodes),
-                                                    self.weight_bits)
+                                                    self.weight_bits, self.rounded.get(stage))
                 self.shifts[stage] = (correct_biases(self.fp32[stage], path, feeds[stage], self.progress)
                                       if feeds.get(stage) else {})
                 self.written[stage] = key
@@ -324,6 +350,8 @@ def _write_calibration_json(root, options, report, shipped, amax_aware, amax_agn
             "bias_correction": shifts.get(stage, {}),
             # the Conv-ReLU-Conv rescaling applied to the FP32 file before calibration (None: none)
             "equalization": equalization[stage].to_json() if stage in equalization else None,
+            # per convolution: held-out output MSE with nearest vs learned rounding, and which is used
+            "adaround": report.adaround[stage].to_json() if stage in report.adaround else None,
             "cache": caches[stage],
             **({"amax_route_agnostic": amax_agnostic[stage], "amax_route_aware": amax_aware[stage],
                 "samples_route_agnostic": agnostic.ranges[stage].rows} if amax_agnostic is not None else {}),

@@ -34,26 +34,44 @@ EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "Quantize
 
 WEIGHT_BITS = (7, 8)
 DEFAULT_WEIGHT_BITS = 7
+QMAX_OF_BITS = {7: 64, 8: 127}  # the weight grid's integers: [-qmax, qmax]
 
 
 def quantize_stage(fp32: Path, output: Path, amax: dict[str, float], fp32_nodes: list[str],
-                   weight_bits: int = DEFAULT_WEIGHT_BITS) -> dict[str, float]:
+                   weight_bits: int = DEFAULT_WEIGHT_BITS, rounded: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Write the Q/DQ model of ``fp32`` to ``output``; returns the scale of every activation
-    tensor it quantizes (``amax / 127``, read back from the written graph)."""
+    tensor it quantizes (``amax / 127``, read back from the written graph). ``rounded``: node
+    -> weights already on its grid (calibration/adaround.py), used for the nodes in INT8."""
     ranges = TensorsData(CalibrationMethod.MinMax, {
         name: (np.array(-value, np.float32), np.array(value, np.float32)) for name, value in amax.items()})
-    exclude = with_activations(onnx.load(str(fp32)), fp32_nodes)
+    model = onnx.load(str(fp32))
+    exclude = with_activations(model, fp32_nodes)
     with tempfile.TemporaryDirectory(prefix="edgerestore-ranges-") as tmp:
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(ranges, cache)
+        source = fp32
+        chosen = {node: w for node, w in (rounded or {}).items() if node not in set(fp32_nodes)}
+        if chosen:
+            source = Path(tmp) / "rounded.onnx"
+            _replace_weights(model, chosen)
+            onnx.save(model, str(source))
         with quiet():
-            quantize_static(str(fp32), str(output), None, quant_format=QuantFormat.QDQ,
+            quantize_static(str(source), str(output), None, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
                             reduce_range=weight_bits == 7,
                             calibration_cache_path=cache, extra_options=dict(EXTRA_OPTIONS))
     return activation_scales(onnx.load(str(output)))
+
+
+def _replace_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> None:
+    """Node -> new value of its weight initializer (input 1), in place."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name in weights:
+            tensor = initializers[node.input[1]]
+            tensor.CopyFrom(numpy_helper.from_array(weights[node.name].astype(np.float32), tensor.name))
 
 
 def with_activations(model: onnx.ModelProto, nodes: list[str]) -> list[str]:

@@ -16,6 +16,11 @@ def render(report: Int8Report) -> str:
              f"{report.weight_bits}-bit weights; caches {report.trt_header}",
              "FP32 layers: " + (", ".join(f"{s}:{n}" for s, n in report.fp32_layers) or "none"),
              f"INT8 runs {report.int8_mac_share:.1%} of the MACs"]
+    adaround = report.adaround_summary()
+    if adaround is not None:
+        used, fitted, ratio = adaround
+        lines.append(f"AdaRound: learned rounding used for {used} of {fitted} convolutions "
+                     f"(held-out output error {ratio:.0%} of nearest rounding's)")
     if report.int8_mac_share < WARN_SHARE:
         lines.append(f"warning: more than half of the MACs stay in FP32 ({1 - report.int8_mac_share:.1%}): "
                      "expect little of INT8's speed")

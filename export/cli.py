@@ -53,11 +53,14 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")  # edgerestore.
 @click.option("--weight-bits", type=click.Choice(["7", "8"]), default="7", show_default=True,
               help="--int8: weight grid. 7 avoids the 16-bit saturation of INT8 on x86 CPUs without VNNI (AVX2: "
                    "ONNX Runtime and OpenVINO); 8 is finer where nothing saturates (VNNI, ARM, TensorRT).")
+@click.option("--adaround/--no-adaround", default=True, show_default=True,
+              help="--int8: learn each INT8 convolution's weight rounding (up or down per weight) to minimise its "
+                   "output error on the calibration tiles (AdaRound), instead of rounding to nearest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export_command(model: str, weights: Path | None, output: Path, int8: bool, calib_dir: Path | None,
                    calib_degrade: str | None, calib_gt: Path | None, calib_images: int, calib_crop: int, holdout: int,
                    method: str | None, max_drop: float | None, trt_version: str, route_agnostic: bool,
-                   bias_correction: bool, equalize: bool, weight_bits: str, as_json: bool) -> None:
+                   bias_correction: bool, equalize: bool, weight_bits: str, adaround: bool, as_json: bool) -> None:
     """Export MODEL to a bundle: one ONNX file per stage plus manifest.json.
 
     Every stage is checked against PyTorch after export (max abs error and PSNR
@@ -66,7 +69,8 @@ def export_command(model: str, weights: Path | None, output: Path, int8: bool, c
     unless given --precision fp32.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     from edgerestore.runtime.errors import EdgeRestoreError
 
@@ -83,20 +87,27 @@ def export_command(model: str, weights: Path | None, output: Path, int8: bool, c
         int8_options = Int8Options(split, method=DEFAULT_METHOD if method is None else method, max_drop=max_drop,
                                    trt_version=trt_version, route_agnostic=route_agnostic,
                                    bias_correction=bias_correction, equalize=equalize,
-                                   weight_bits=int(weight_bits))
+                                   weight_bits=int(weight_bits), adaround=adaround)
     elif any(v is not None for v in (calib_dir, calib_degrade, calib_gt, method, max_drop)) or route_agnostic:
         raise EdgeRestoreError("--calib, --calib-degrade, --calib-gt, --method, --max-drop and --route-agnostic "
                                "only apply with --int8")
     require_weights(model, weights)
     console = Console(stderr=True)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     # Off a terminal (CI logs, pipes) a live bar only adds blank lines around the report.
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("exporting", total=None)
 
+        phase = {"total": None}
+
         def progress(message: str, done: int | None = None, total: int | None = None) -> None:
-            bar.update(task, description=message, completed=done or 0, total=total or None)
+            # A new phase (its first step, or another total) restarts the bar, so the ETA is the phase's.
+            if not done or total != phase["total"]:
+                bar.reset(task, description=message, completed=done or 0, total=total or None)
+                phase["total"] = total
+            else:
+                bar.update(task, description=message, completed=done)
 
         report = export_bundle(model, output, weights=weights, progress=progress, int8=int8_options)
     if as_json:
