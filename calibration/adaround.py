@@ -47,7 +47,7 @@ WARMUP = 0.2  # share of iterations without the regulariser
 BETA = (20.0, 2.0)  # annealed from the first to the second
 REGULARIZATION = 3.0  # weight of the rounding regulariser against the normalised error
 LEARNING_RATE = 1e-2
-PATCHES = 32768  # input patches per layer (sampled evenly over the cached tiles)
+PATCHES = 16384  # input patches per layer (sampled evenly over the cached tiles)
 ROWS_PER_RUN = 4  # tiles per ONNX Runtime call while caching (bounds memory: every layer's input at once)
 
 
@@ -128,16 +128,14 @@ class _Grams:
     def add(self, x: np.ndarray, xq: np.ndarray, held: np.ndarray) -> None:
         self.check_rows += int(held.sum())
         for target, rows in ((self.fit, ~held), (self.check, held)):
-            a, b = xq[rows].astype(np.float64), x[rows].astype(np.float64)
+            # float32 products of a few thousand rows, summed in float64 across chunks
+            a, b = xq[rows], x[rows]
             target[0] += a.T @ a
             target[1] += a.T @ b
             target[2] += b.T @ b
 
 
 def _cache(model, nodes, feeds, amax, rng) -> dict[str, _Grams]:
-    import torch
-    import torch.nn.functional as F
-
     inputs = list(dict.fromkeys(node.input[0] for node in nodes))
     session = session_with_outputs(model, inputs)
     rows = sum(len(next(iter(batch.values()))) for batch in feeds)
@@ -150,22 +148,32 @@ def _cache(model, nodes, feeds, amax, rng) -> dict[str, _Grams]:
             chunk = {name: value[start:start + ROWS_PER_RUN] for name, value in batch.items()}
             values = dict(zip(inputs, session.run(inputs, chunk)))
             for node in nodes:
-                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-                kernel = shapes[node.input[1]][2:]
-                x = torch.from_numpy(np.ascontiguousarray(values[node.input[0]]))
-                top, left, bottom, right = attrs.get("pads", (0, 0, 0, 0))
-                x = F.pad(x, (left, right, top, bottom))
-                patches = F.unfold(x, kernel, dilation=tuple(attrs.get("dilations", (1, 1))),
-                                   stride=tuple(attrs.get("strides", (1, 1))))  # N, K, L
-                n, k, positions = patches.shape
-                pick = rng.integers(0, positions, size=(n, min(per_row, positions)))
-                sample = torch.stack([patches[i][:, torch.from_numpy(pick[i])] for i in range(n)])
-                sample = sample.permute(0, 2, 1).reshape(-1, k).numpy()
+                sample = _patches(values[node.input[0]], node, shapes[node.input[1]][2:], per_row, rng)
                 step = np.float32(amax[node.input[0]] / 127)
                 quantized = np.clip(np.round(sample / step), -127, 127).astype(np.float32) * step
                 held = rng.random(len(sample)) < 0.25
-                grams.setdefault(node.name, _Grams(k)).add(sample, quantized, held)
+                grams.setdefault(node.name, _Grams(sample.shape[1])).add(sample, quantized, held)
     return grams
+
+
+def _patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int], per_row: int,
+             rng: np.random.Generator) -> np.ndarray:
+    """``per_row`` random input patches per row of ``x`` (N, C, H, W), one per output position
+    of ``node``, flattened as its weights are (C, kh, kw)."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    top, left, bottom, right = attrs.get("pads", (0, 0, 0, 0))
+    sy, sx = attrs.get("strides", (1, 1))
+    dy, dx = attrs.get("dilations", (1, 1))
+    kh, kw = kernel
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    n, c, h, w = padded.shape
+    out_h, out_w = (h - dy * (kh - 1) - 1) // sy + 1, (w - dx * (kw - 1) - 1) // sx + 1
+    count = min(per_row, out_h * out_w)
+    rows = np.repeat(np.arange(n), count)
+    positions = np.concatenate([rng.choice(out_h * out_w, count, replace=False) for _ in range(n)])
+    ys, xs = positions // out_w * sy, positions % out_w * sx
+    taps = [padded[rows, :, ys + i * dy, xs + j * dx] for i in range(kh) for j in range(kw)]  # each (P, C)
+    return np.stack(taps, axis=2).reshape(len(rows), c * kh * kw)
 
 
 def _error(w_soft, w, grams):
@@ -189,21 +197,31 @@ def _fit(name: str, weight: np.ndarray, grams: _Grams, qmax: int) -> tuple[np.nd
     if e_nearest <= 0:
         return weight, LayerResult(name, 0.0, 0.0, False)
     rest = (w / s - floor).clamp(1e-4, 1 - 1e-4)
-    v = (-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)).float().requires_grad_(True)
-    fit32, w32, s32, floor32 = [g.float() for g in fit], w.float(), s.float(), floor.float()
+    v = (-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)).float()
+    qq, s32, floor32 = fit[0].float(), s.float(), floor.float()
+    # E(W') = tr(W' Gqq W'^T) - 2 <W', W Gqx^T> + const: the linear term's matrix once, not per
+    # step. The gradient is written out (one K x K product per step; autograd's graph costs
+    # more than the arithmetic on these small matrices).
+    linear = (w @ fit[1].T).float()
+    v.grad = torch.zeros_like(v)
     optimizer = torch.optim.Adam([v], lr=LEARNING_RATE)
     warmup = int(WARMUP * ITERATIONS)
-    for step in range(ITERATIONS):
-        h = torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
-        soft = torch.clamp(floor32 + h, -qmax, qmax) * s32
-        loss = _error(soft, w32, fit32) / e_nearest
-        if step >= warmup:
-            progress = (step - warmup) / max(1, ITERATIONS - warmup)
-            beta = BETA[0] + (BETA[1] - BETA[0]) * progress
-            loss = loss + REGULARIZATION * (1 - (2 * h - 1).abs().pow(beta)).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    with torch.no_grad():
+        for step in range(ITERATIONS):
+            sig = torch.sigmoid(v)
+            stretched = sig * (ZETA - GAMMA) + GAMMA
+            h = stretched.clamp(0, 1)
+            unclipped = floor32 + h
+            soft = unclipped.clamp(-qmax, qmax) * s32
+            d_soft = 2 * (soft @ qq - linear) / e_nearest  # d(E / E_nearest) / d soft
+            d_h = d_soft * s32 * ((unclipped >= -qmax) & (unclipped <= qmax))
+            if step >= warmup:
+                beta = BETA[0] + (BETA[1] - BETA[0]) * (step - warmup) / max(1, ITERATIONS - warmup)
+                centred = 2 * h - 1
+                # d/dh of REGULARIZATION * mean(1 - |2h - 1|^beta)
+                d_h = d_h - REGULARIZATION / h.numel() * beta * centred.abs().pow(beta - 1) * centred.sign() * 2
+            v.grad.copy_(d_h * (ZETA - GAMMA) * sig * (1 - sig) * ((stretched > 0) & (stretched < 1)))
+            optimizer.step()
     integers = torch.clamp(floor + (v.detach() >= 0).double(), -qmax, qmax)
     # Each channel's largest weight stays at the end of the grid: the quantizer derives the
     # scale from the largest weight it is given, so the scale stays the one fitted here.

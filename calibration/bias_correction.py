@@ -9,8 +9,8 @@ once, the later layers overshoot: their shift was partly their inputs').
 
 Only the Q/DQ file's float biases change (calibration/quantize.py leaves biases unquantized,
 as TensorRT wants them); the calibration ranges, and so the TensorRT caches, stay as
-calibrated. A TensorRT engine built from the caches (implicit INT8, TensorRT 8.x) reads the
-FP32 graph and so goes without the correction.
+calibrated. A TensorRT engine built from the caches (implicit INT8: DLA below TensorRT 11)
+reads the FP32 graph and so goes without the correction.
 
 The INT8 means are measured in the Q/DQ graph's own arithmetic (QuantizeLinear /
 DequantizeLinear with their float semantics around float convolutions: scales.cpu_session),
@@ -48,6 +48,29 @@ def _with_outputs(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto
         if name not in present:
             extended.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     return extended
+
+
+def upstream(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+    """The part of ``model`` that computes ``outputs``, and only those as its outputs: ONNX
+    Runtime runs every node of a graph whatever is fetched, so measuring an early layer on the
+    whole network costs the whole network. A graph with subgraphs (If, Loop) is kept whole."""
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return _with_outputs(model, outputs)
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    keep, stack = set(), list(outputs)
+    while stack:
+        index = producer.get(stack.pop())
+        if index is not None and index not in keep:
+            keep.add(index)
+            stack.extend(graph.node[index].input)
+    nodes = [n for i, n in enumerate(graph.node) if i in keep]
+    used = {name for n in nodes for name in n.input} | set(outputs)
+    cut = onnx.helper.make_graph(nodes, graph.name, [i for i in graph.input if i.name in used],
+                                 [onnx.helper.make_empty_tensor_value_info(name) for name in outputs],
+                                 [t for t in graph.initializer if t.name in used])
+    result = onnx.helper.make_model(cut, opset_imports=model.opset_import, ir_version=model.ir_version)
+    return result
 
 
 def channel_means(model: onnx.ModelProto, outputs: list[str], feeds: list[Feeds]) -> dict[str, np.ndarray]:
@@ -98,7 +121,8 @@ def correct_biases(fp32: Path, qdq: Path, feeds: list[Feeds],
     shifts = {}
     for i, (conv, name) in enumerate(convs):
         progress(f"bias correction {conv.name or name}", i, len(convs))
-        delta = reference[name] - channel_means(model, [conv.output[0]], feeds)[conv.output[0]]
+        output = conv.output[0]
+        delta = reference[name] - channel_means(upstream(model, [output]), [output], feeds)[output]
         _shift_bias(model, conv, delta)
         shifts[name] = [float(v) for v in delta]
     onnx.save(model, str(qdq))

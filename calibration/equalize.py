@@ -104,13 +104,21 @@ def channel_ranges(model: onnx.ModelProto, tensors: list[str], feeds: list[Feeds
     """Per channel (axis 1) of each tensor, the ``percentile``-th value of |x| over all
     feeds, kept exactly by streaming each channel's largest values batch by batch."""
     session = session_with_outputs(model, tensors)
+    first = session.run(tensors, feeds[0]) if feeds else []
     total = {name: 0 for name in tensors}
-    for batch in feeds:  # first pass: values per channel, hence how many of the largest to keep
-        for name, value in zip(tensors, session.run(tensors, batch)):
-            total[name] += value.size // value.shape[1]
+    rows = [len(next(iter(batch.values()))) for batch in feeds]
+    same_shape = all({k: v.shape[1:] for k, v in batch.items()} == {k: v.shape[1:] for k, v in feeds[0].items()}
+                     for batch in feeds)
+    for name, value in zip(tensors, first):
+        if same_shape:  # tiles of one size: every row adds as many values as the first batch's rows
+            total[name] = value.size // value.shape[1] // rows[0] * sum(rows)
+    if not same_shape:  # a first pass: values per channel, hence how many of the largest to keep
+        for batch in feeds:
+            for name, value in zip(tensors, session.run(tensors, batch)):
+                total[name] += value.size // value.shape[1]
     tops: dict[str, np.ndarray] = {}
-    for batch in feeds:
-        for name, value in zip(tensors, session.run(tensors, batch)):
+    for i, batch in enumerate(feeds):
+        for name, value in zip(tensors, first if i == 0 else session.run(tensors, batch)):
             k = min(total[name], int(np.ceil(total[name] * (1 - percentile / 100))) + 1)
             flat = np.abs(np.moveaxis(value, 1, 0).reshape(value.shape[1], -1))
             if name in tops:
@@ -185,14 +193,15 @@ def max_rel_error(original: onnx.ModelProto, equalized: onnx.ModelProto, feeds: 
 
 def equalize_stage(path: Path, feeds: list[Feeds], alpha: float = DEFAULT_ALPHA) -> Equalization:
     """Equalizes the FP32 stage file at ``path`` in place (left as it was when nothing
-    qualifies) and checks the result on ``feeds``."""
+    qualifies) and checks the result on the first batch of ``feeds``."""
     original = onnx.load(str(path))
     model = onnx.ModelProto()
     model.CopyFrom(original)
     result = equalize(model, feeds, alpha)
     if not result.pairs:
         return result
-    result.max_rel_error = max_rel_error(original, model, feeds)
+    # An identity up to float32 rounding (relu(x / s) * s = relu(x)): one batch shows a mistake.
+    result.max_rel_error = max_rel_error(original, model, feeds[:1])
     if not result.max_rel_error <= TOLERANCE:
         raise EdgeRestoreError(f"channel equalization of '{path.name}' changed its outputs by "
                                f"{result.max_rel_error:.2e} of their range (> {TOLERANCE:g}); "

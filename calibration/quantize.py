@@ -28,8 +28,12 @@ from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, s
 from .scales import COMPUTE_OPS, QUANTIZED_OPS, quiet
 
 # QuantizeBias off: biases stay float (TensorRT quantizes them itself and refuses int32 Q/DQ;
-# `edgerestore check` enforces it).
-EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+# `edgerestore check` enforces it). AddQDQPairToWeight: weights stay float initializers behind a
+# QuantizeLinear -> DequantizeLinear pair, the form every TensorRT parses (8.x does not take
+# int8 weight initializers), so the one validated Q/DQ file builds explicit INT8 engines on
+# 8.5 to 11; ONNX Runtime and OpenVINO fold the pair into the same integer weights.
+EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                 "AddQDQPairToWeight": True}
 
 
 WEIGHT_BITS = (7, 8)

@@ -21,6 +21,8 @@ def render(report: Int8Report) -> str:
         used, fitted, ratio = adaround
         lines.append(f"AdaRound: learned rounding used for {used} of {fitted} convolutions "
                      f"(held-out output error {ratio:.0%} of nearest rounding's)")
+    lines.append("TensorRT builds the Q/DQ graph (explicit INT8, 8.5 to 11); DLA below TensorRT 11 builds implicit "
+                 "INT8 from the FP32 graph and the caches: without the learned rounding and bias correction")
     if report.int8_mac_share < WARN_SHARE:
         lines.append(f"warning: more than half of the MACs stay in FP32 ({1 - report.int8_mac_share:.1%}): "
                      "expect little of INT8's speed")

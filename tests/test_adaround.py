@@ -11,6 +11,7 @@ from onnx import numpy_helper
 from edgerestore.calibration.adaround import _error, _Grams, eligible, grid_scale, round_stage
 from edgerestore.calibration.bias_correction import session_with_outputs
 from edgerestore.calibration.quantize import quantize_stage
+from test_int8_export import weight_integers
 
 QMAX = 64  # the default 7-bit grid
 
@@ -57,8 +58,11 @@ def test_error_is_the_output_error_the_gram_matrices_stand_for():
     grams = _Grams(12)
     grams.add(x, xq, np.zeros(200, bool))
     direct = ((xq @ w2.T - x @ w.T) ** 2).sum()
+    # The Gram products are float32 sums of 200 positive-definite terms: each within 200 float32
+    # roundings (200 * 6e-8 = 1.2e-5) of exact; the form's terms then add without cancellation
+    # this large (w2 and w are unrelated, the error is of the order of the terms).
     assert float(_error(torch.from_numpy(w2), torch.from_numpy(w), [torch.from_numpy(g) for g in grams.fit])) == \
-        pytest.approx(direct, rel=1e-9)
+        pytest.approx(direct, rel=1.2e-5)
 
 
 def test_learned_rounding_is_up_or_down_and_keeps_the_grid(stage):
@@ -95,14 +99,13 @@ def test_qdq_file_holds_the_learned_integers_except_for_fp32_layers(stage):
     model = onnx.load(str(out))
     init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     original = weights_of(path)
-    # A quantized weight W reaches its conv through DequantizeLinear(W_quantized, W_scale)
-    dq = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    integers = weight_integers(model)
+    assert fp32_node not in integers
     for node in model.graph.node:
         if node.op_type != "Conv":
             continue
         if node.name == fp32_node:
             np.testing.assert_array_equal(init[node.input[1]], original[node.name])  # FP32: untouched
         elif node.name in rounding.weights:
-            integers = init[dq[node.input[1]]]
             expected = rounding.weights[node.name] / grid_scale(original[node.name], QMAX).reshape(-1, 1, 1, 1)
-            np.testing.assert_array_equal(integers, np.round(expected).astype(np.int8))
+            np.testing.assert_array_equal(integers[node.name], np.round(expected).astype(np.int8))

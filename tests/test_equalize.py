@@ -97,8 +97,13 @@ def test_scales_follow_the_smoothquant_rule(chain):
 
 
 @pytest.mark.parametrize("percentile", [50.0, 99.9, 100.0])
-def test_channel_ranges_are_numpys_percentile_over_all_batches(chain, percentile):
+@pytest.mark.parametrize("mixed", [False, True], ids=["one-tile-size", "mixed-sizes"])
+def test_channel_ranges_are_numpys_percentile_over_all_batches(chain, percentile, mixed):
+    """Batches of one tile size count their values from the first batch; mixed sizes count
+    them in a first pass. Either way, the exact percentile over every value."""
     _, original, feeds = chain
+    if mixed:
+        feeds = feeds + [{"x": np.random.default_rng(1).random((2, 3, 12, 28), dtype=np.float32)}]
     model = onnx.load(str(original))
     names = middle_tensors(model)
     got = eq.channel_ranges(model, names, feeds, percentile)

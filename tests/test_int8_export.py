@@ -14,6 +14,25 @@ from edgerestore.calibration import trt_cache
 from edgerestore.runtime.bundle import Bundle
 
 
+def weight_integers(model):
+    """Conv node -> its INT8 weight integers. The Q/DQ file keeps float weights behind a
+    QuantizeLinear -> DequantizeLinear pair (the form TensorRT 8.x parses): the integers are
+    what the QuantizeLinear computes, round half to even of weight / scale."""
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found = {}
+    for node in model.graph.node:
+        dq = producer.get(node.input[1]) if node.op_type == "Conv" else None
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producer[dq.input[0]]
+        assert q.op_type == "QuantizeLinear" and q.input[0] in init, "weights must be float behind a Q/DQ pair"
+        weight, scale = init[q.input[0]], init[q.input[1]].reshape(-1, 1, 1, 1)
+        assert np.array_equal(scale.ravel(), init[dq.input[1]].ravel())  # Q and DQ: the same grid
+        found[node.name] = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
+    return found
+
+
 def write_images(folder, count, shape, seed=0):
     import cv2
 
@@ -236,7 +255,7 @@ def test_weight_grid_is_the_one_asked_for(tiny_weights, calib_dir, tmp_path, bit
     split = FolderSplit(calib_dir, "gaussian:25", count=3, holdout=2, crop=48)
     report = export_bundle("dncnn", tmp_path / "b", tiny_weights, int8=Int8Options(split, weight_bits=bits)).int8
     model = onnx.load(str(tmp_path / "b" / "main.int8.onnx"))
-    grids = [numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("weight_quantized")]
+    grids = list(weight_integers(model).values())
     assert grids and all(np.abs(g).reshape(len(g), -1).max(1).tolist() == [top] * len(g) for g in grids)
     assert report.weight_bits == bits
     assert json.loads((tmp_path / "b" / "calibration.json").read_text())["weight_bits"] == bits

@@ -78,9 +78,9 @@ def test_trtexec_lines_for_jetpack5_int8(bundle, run_cli):
     result = run_cli("build", bundle, "--trtexec", "8.5", "--precision", "int8")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        f"trtexec --onnx={bundle}/main.onnx --minShapes=input:1x1x192x192 --optShapes=input:16x1x192x192 "
-        f"--maxShapes=input:16x1x192x192 --int8 --calib={bundle}/calib/main.cache --memPoolSize=workspace:1024 "
-        "--saveEngine=main.int8.engine"]  # the FP32 graph and the 8.5 cache: implicit INT8, as `build` does on 8.x
+        f"trtexec --onnx={bundle}/main.int8.onnx --minShapes=input:1x1x192x192 --optShapes=input:16x1x192x192 "
+        "--maxShapes=input:16x1x192x192 --int8 --memPoolSize=workspace:1024 "
+        "--saveEngine=main.int8.engine"]  # the Q/DQ graph: explicit INT8, as `build` does on 8.x
     dla = run_cli("build", bundle, "--trtexec", "8.5", "--precision", "int8", "--dla", "0", "--max-batch", "8",
                   "--tile", "96").stdout.split()
     assert dla[2:] == ["--shapes=input:8x1x96x96", "--int8", "--fp16", f"--calib={bundle}/calib/main.cache",
@@ -91,8 +91,9 @@ def test_trtexec_lines_for_jetpack5_int8(bundle, run_cli):
 
 
 def test_trtexec_refuses_a_cache_for_another_tensorrt(bundle, run_cli):
+    """Only DLA reads the cache below TensorRT 11 (implicit INT8)."""
     add_int8(bundle, (10, 3, 0))
-    result = run_cli("build", bundle, "--trtexec", "8.5", "--precision", "int8")
+    result = run_cli("build", bundle, "--trtexec", "8.5", "--precision", "int8", "--dla", "0")
     assert result.exit_code == 1 and result.stderr.count("\n") == 1
     assert "written for TensorRT version 100300" in result.stderr and "--trt-version 8.5.2" in result.stderr
     strongly = run_cli("build", bundle, "--trtexec", "10.3", "--precision", "int8").stdout.split()

@@ -117,7 +117,7 @@ def fake_bundle(files, root="/b"):
 @pytest.mark.parametrize("version, precision, dla, files, expected", [
     ((8, 5, 2), "fp32", None, ["fp32"], ("fp32", False, (), None)),
     ((8, 5, 2), "fp16", None, ["fp32"], ("fp32", False, ("FP16",), None)),
-    ((8, 5, 2), "int8", None, ["fp32", "int8"], ("fp32", False, ("INT8",), "implicit")),
+    ((8, 5, 2), "int8", None, ["fp32", "int8"], ("int8", False, ("INT8",), "explicit")),
     ((8, 5, 2), "int8", 0, ["fp32", "int8"], ("fp32", False, ("INT8", "FP16", "GPU_FALLBACK"), "implicit")),
     ((10, 3, 0), "fp16", None, ["fp32"], ("fp32", False, ("FP16",), None)),
     ((10, 3, 0), "fp16", 1, ["fp32"], ("fp32", False, ("FP16", "GPU_FALLBACK"), None)),
@@ -129,7 +129,8 @@ def fake_bundle(files, root="/b"):
     ((11, 0, 0), "fp16", None, ["fp32"], ("fp32", True, (), None)),  # cast to FP16 at build time
     ((8, 5, 2), "fp16", None, ["fp32", "fp16"], ("fp32", False, ("FP16",), None)),  # 8.x: no typed networks
     ((8, 6, 2), "fp16", 0, ["fp32", "fp16"], ("fp32", False, ("FP16", "GPU_FALLBACK"), None)),
-    ((8, 6, 2), "int8", None, ["fp32", "int8"], ("fp32", False, ("INT8",), "implicit")),
+    ((8, 6, 2), "int8", None, ["fp32", "int8"], ("int8", False, ("INT8",), "explicit")),
+    ((8, 6, 2), "int8", 0, ["fp32", "int8"], ("fp32", False, ("INT8", "FP16", "GPU_FALLBACK"), "implicit")),
     ((10, 3, 0), "int8", None, ["fp32"], "has no int8 graph of stage 'main'.*export it with --int8"),
     ((10, 3, 0), "fp32", 0, ["fp32"], "DLA runs FP16 and INT8 only"),
 ])
@@ -297,18 +298,31 @@ def test_build_int8_explicit_on_tensorrt_10(install, bundle):
     assert info.quantization == "explicit" and info.source["file"] == "main.int8.onnx"
 
 
-def test_build_int8_implicit_on_tensorrt_8_5(install, bundle):
+def test_build_int8_explicit_on_tensorrt_8_5(install, bundle):
+    """JetPack 5.1: the validated Q/DQ graph, weakly typed with the INT8 flag; no calibrator."""
     trt = install(TRT85)
     add_int8(bundle, (8, 5, 2))
     [path] = build_engines(Bundle(bundle), "int8", max_batch=4)
     flags, parsed, config = trt.built[0]
+    assert flags == 1 << 0 and parsed == str(bundle / "main.int8.onnx")  # EXPLICIT_BATCH, the Q/DQ graph
+    assert config.flags == ["INT8"] and config.int8_calibrator is None
+    assert path == bundle / "engines" / "8.5.2.2" / "Orin" / "main.int8.engine"
+    info = engines.read_info(engines.info_path(path))
+    assert info.quantization == "explicit" and info.source["file"] == "main.int8.onnx"
+
+
+def test_build_int8_implicit_for_dla_on_tensorrt_8_5(install, bundle):
+    """DLA below TensorRT 11: the FP32 graph, INT8 + FP16 flags and the cache-only calibrator."""
+    trt = install(TRT85, dla_cores=1)
+    add_int8(bundle, (8, 5, 2))
+    [path] = build_engines(Bundle(bundle), "int8", dla_core=0, max_batch=4)
+    flags, parsed, config = trt.built[0]
     assert flags == 1 << 0 and parsed == str(bundle / "main.onnx")  # EXPLICIT_BATCH, the FP32 graph
-    assert config.flags == ["INT8"]
+    assert "INT8" in config.flags
     assert isinstance(config.int8_calibrator, trt.IInt8EntropyCalibrator2)
     assert config.int8_calibrator.read_calibration_cache() == (bundle / "calib" / "main.cache").read_bytes()
     assert config.int8_calibrator.get_batch(["input"]) is None
     assert config.calibration_profile is config.profiles[0]
-    assert path == bundle / "engines" / "8.5.2.2" / "Orin" / "main.int8.engine"
     assert engines.read_info(engines.info_path(path)).quantization == "implicit"
 
 
@@ -388,18 +402,18 @@ def test_plugins_are_registered_once_before_parsing(install, bundle, version, pl
     assert isinstance(logger, trt.Logger) and namespace == ""
 
 
-def test_build_int8_implicit_on_tensorrt_8_6(install, bundle):
-    """JetPack 6.0: TensorRT 8.6.2, a cache written with `export --int8 --trt-version 8.6`."""
+def test_build_int8_implicit_for_dla_on_tensorrt_8_6(install, bundle):
+    """JetPack 6.0 DLA: TensorRT 8.6.2, a cache written with `export --int8 --trt-version 8.6`."""
     from edgerestore.calibration.trt_cache import header, parse_trt_version
 
     assert header(parse_trt_version("8.6"), "entropy") == "TRT-8602-EntropyCalibration2"
-    trt = install(TRT86)
+    trt = install(TRT86, dla_cores=1)
     add_int8(bundle, parse_trt_version("8.6"))
-    [path] = build_engines(Bundle(bundle), "int8")
+    [path] = build_engines(Bundle(bundle), "int8", dla_core=0)
     flags, parsed, config = trt.built[0]
-    assert flags == 1 << 0 and parsed == str(bundle / "main.onnx") and config.flags == ["INT8"]
+    assert flags == 1 << 0 and parsed == str(bundle / "main.onnx") and "INT8" in config.flags
     assert config.int8_calibrator.read_calibration_cache().startswith(b"TRT-8602-EntropyCalibration2\n")
-    assert path == bundle / "engines" / "8.6.2.3" / "Orin" / "main.int8.engine"
+    assert path == bundle / "engines" / "8.6.2.3" / "Orin" / "main.int8-dla0.engine"
     with pytest.raises(EdgeRestoreError, match="written for TensorRT version 8602 .* runs TensorRT 8.5.2"):
         calibrator.load_cache(Bundle(bundle), "main", (8, 5, 2))
 

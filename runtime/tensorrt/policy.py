@@ -11,10 +11,16 @@ fp32        FP32 graph                        FP32 graph                        
 fp16        FP32 graph + BuilderFlag.FP16     the bundle's FP16 graph, typed;    the bundle's FP16 graph, else
                                               else FP32 graph + BuilderFlag.FP16 the FP32 graph cast to FP16 at
                                                                                  build time (I/O stay float32)
-int8        implicit: FP32 graph +            explicit: the Q/DQ graph, typed    explicit: the Q/DQ graph
-            BuilderFlag.INT8 + the stage's    (with DLA: implicit, as on 8.x)
-            calibration cache
+int8        explicit: the Q/DQ graph +        explicit: the Q/DQ graph, typed    explicit: the Q/DQ graph
+            BuilderFlag.INT8 (weak typing)
+int8, DLA   implicit: FP32 graph + INT8 +     implicit, as on 8.x                explicit: the Q/DQ graph
+            FP16 + the calibration cache
 ==========  ================================  =================================  ==============================
+
+Explicit Q/DQ everywhere but DLA below 11: the engine computes the graph ``export --int8``
+validated, with its learned rounding and corrected biases (calibration/). Implicit INT8 reads
+the FP32 graph and takes only the cache's scales, so DLA engines go without both; the export
+report says so.
 
 "Typed" is the STRONGLY_TYPED network flag, which TensorRT 8.x does not have (it appeared
 with 9.x, whose releases never reached Jetson): below 10 every network is weakly typed and
@@ -92,8 +98,9 @@ def plan_stage(bundle: Bundle, stage: str, precision: str, version: Version,
             return replace(plan("fp32", True), cast="fp16")
         return plan("fp32", False, ("FP16",))
     if precision == "int8":
-        if major < STRONG_TYPING or (major < WEAK_TYPING_REMOVED and dla_core is not None):
-            flags = ("INT8", "FP16") if dla_core is not None else ("INT8",)
-            return plan("fp32", False, flags, "implicit", cache_path(bundle, stage))
+        if dla_core is not None and major < WEAK_TYPING_REMOVED:
+            return plan("fp32", False, ("INT8", "FP16"), "implicit", cache_path(bundle, stage))
+        if major < STRONG_TYPING:  # a weakly typed Q/DQ network: 8.x wants the INT8 flag for it
+            return plan("int8", False, ("INT8",), "explicit")
         return plan("int8", True, (), "explicit")
     raise EdgeRestoreError(f"unknown precision '{precision}'")
