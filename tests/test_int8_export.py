@@ -173,16 +173,17 @@ def test_max_drop_search_meets_its_budget(tiny_weights, calib_dir, tmp_path):
     from edgerestore.export import export_bundle
 
     split = FolderSplit(calib_dir, "gaussian:25", count=3, holdout=2, crop=48)
-    # A budget of 0 dB needs some INT8 layer that loses nothing on the 2 held-out crops: on
-    # this tiny model the 8-bit grid has one (the 7-bit default has none, and the export then
-    # refuses to write a bundle without an INT8 layer: tests/test_int8_bad_input.py).
+    # A budget of 1e-4 dB: on this tiny model all-INT8 loses 3e-3 dB on the 2 held-out crops
+    # and one middle convolution alone in INT8 about -3e-5 dB (measured in the reference
+    # arithmetic, identical on every CPU up to float32 rounding, ~1e-6 dB here), so the search
+    # ranks all five layers and keeps some, not all, in FP32.
+    budget = 1e-4
     report = export_bundle("dncnn", tmp_path / "b", tiny_weights, int8=Int8Options(split, method="minmax",
-                                                                                     max_drop=0.0,
-                                                                                     weight_bits=8)).int8
+                                                                                     max_drop=budget)).int8
     search = report.search
-    assert search.drop_db + search.margin_db <= 0.0 + 1e-9
+    assert search.drop_db + search.margin_db <= budget
     assert [k for k, *_ in search.steps] == list(range(len(search.steps)))
-    assert len(search.sensitivity) in (0, 5)  # all five convs ranked, unless all-INT8 already met the budget
+    assert len(search.sensitivity) == 5  # all-INT8 misses the budget: all five convs ranked
     calibration = json.loads((tmp_path / "b" / "calibration.json").read_text())
     assert calibration["stages"]["main"]["fp32_nodes"] == [n for _, n in search.fp32_layers]
     from edgerestore.calibration.policy import all_layers, layer_weights
@@ -190,7 +191,8 @@ def test_max_drop_search_meets_its_budget(tiny_weights, calib_dir, tmp_path):
     bundle = Bundle(tmp_path / "b")
     assert list(layer_weights(bundle, all_layers(bundle)).values()) == [144, 2304, 2304, 2304, 144]
     fp32, int8 = report.scores[0], report.scores[1]
-    assert fp32.psnr - int8.psnr <= 1e-9
+    assert fp32.psnr - int8.psnr == pytest.approx(search.drop_db, abs=1e-9)  # the report scores what the search chose
+    assert 0 < len(search.fp32_layers) < 5
 
 
 @pytest.fixture(scope="module")
