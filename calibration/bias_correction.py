@@ -76,9 +76,11 @@ def upstream(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
 def channel_means(model: onnx.ModelProto, outputs: list[str], feeds: list[Feeds]) -> dict[str, np.ndarray]:
     """Per-channel (axis 1) mean of each tensor in ``outputs`` over all ``feeds`` batches."""
     session = session_with_outputs(model, outputs)
+    inputs = {i.name for i in session.get_inputs()}  # an upstream cut may not read every stage input
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for batch in feeds:
+        batch = {name: value for name, value in batch.items() if name in inputs}
         for name, value in zip(outputs, session.run(outputs, batch)):
             value = np.asarray(value, np.float64)
             axes = tuple(i for i in range(value.ndim) if i != 1)
