@@ -11,31 +11,16 @@ from onnx import numpy_helper
 from edgerestore.calibration.adaround import _error, _Grams, eligible, grid_scale, round_stage
 from edgerestore.calibration.bias_correction import session_with_outputs
 from edgerestore.calibration.quantize import quantize_stage
+from test_bias_correction import export_chain
 from test_int8_export import weight_integers
 
 QMAX = 64  # the default 7-bit grid
 
 
-class ConvChain(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.a = torch.nn.Conv2d(3, 16, 3, padding=1)
-        self.b = torch.nn.Conv2d(16, 16, 3, padding=1)
-        self.c = torch.nn.Conv2d(16, 3, 3, padding=1)
-
-    def forward(self, x):
-        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
-
-
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
     folder = tmp_path_factory.mktemp("adaround")
-    path = folder / "stage.onnx"
-    torch.onnx.export(ConvChain().eval(), torch.rand(1, 3, 24, 24), str(path), input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
-    rng = np.random.default_rng(0)
-    feeds = [{"x": rng.random((8, 3, 24, 24), dtype=np.float32)} for _ in range(2)]
+    path, feeds = export_chain(folder / "stage.onnx", 2, 8)
     model = onnx.load(str(path))
     names = ["x"] + [n.output[0] for n in model.graph.node if n.op_type in ("Conv", "Relu")]
     values = session_with_outputs(model, names[1:]).run(names[1:], feeds[0])

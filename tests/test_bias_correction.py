@@ -25,14 +25,18 @@ class ConvChain(torch.nn.Module):
         return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bias")
-    path = folder / "stage.onnx"
+def export_chain(path, batches, rows):
+    """ConvChain as a stage file (dynamic batch) and ``batches`` seeded random feeds of ``rows``."""
     torch.onnx.export(ConvChain().eval(), torch.rand(1, 3, 24, 24), str(path), input_names=["x"],
                       output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
     rng = np.random.default_rng(0)
-    feeds = [{"x": rng.random((4, 3, 24, 24), dtype=np.float32)} for _ in range(3)]
+    return path, [{"x": rng.random((rows, 3, 24, 24), dtype=np.float32)} for _ in range(batches)]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bias")
+    path, feeds = export_chain(folder / "stage.onnx", 3, 4)
     return folder, path, feeds
 
 

@@ -45,17 +45,21 @@ def write_images(folder, count, shape, seed=0):
     return folder
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
+def save_tiny_dncnn(path):
+    """A 5-layer, 16-channel gray DnCNN checkpoint (seeded), its last layer scaled down."""
     from edgerestore.models import DnCNN, save_checkpoint
 
     torch.manual_seed(0)
     model = DnCNN(channels=1, depth=5, features=16)
     with torch.no_grad():
         model.model[-1].weight.mul_(0.1)
-    path = tmp_path_factory.mktemp("weights") / "tiny_dncnn.pth"
     save_checkpoint(path, model.state_dict(), "dncnn", model.config())
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    return save_tiny_dncnn(tmp_path_factory.mktemp("weights") / "tiny_dncnn.pth")
 
 
 @pytest.fixture(scope="module")

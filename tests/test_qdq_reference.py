@@ -13,9 +13,9 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 
 from edgerestore.runtime.backends.onnxruntime_backend import INTEGER_KERNELS
+from test_int8_export import save_tiny_dncnn, write_images
 
 
 class ProfiledSessions:
@@ -47,19 +47,11 @@ class ProfiledSessions:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    from edgerestore.models import DnCNN, save_checkpoint
-
-    torch.manual_seed(0)
-    model = DnCNN(channels=1, depth=5, features=16)
-    path = tmp_path_factory.mktemp("weights") / "dncnn.pth"
-    save_checkpoint(path, model.state_dict(), "dncnn", model.config())
-    return path
+    return save_tiny_dncnn(tmp_path_factory.mktemp("weights") / "dncnn.pth")
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from test_int8_export import write_images
-
     return write_images(tmp_path_factory.mktemp("data") / "calib", 5, (64, 64))
 
 
