@@ -11,16 +11,18 @@ image as ``edgerestore eval`` does) and is restored by bundles on ONNX Runtime:
 * the routed model at the deployed q with one decision per tile (the default policy, tiles
   128/30);
 * the same with INT8 stages, calibrated route-aware on crops of BSDS400_color (the training
-  images) with the three specs taking turns, ``--max-drop 0.02`` (the sensitivity search
-  keeps the fewest layers FP32 that hold the held-out crops within 0.02 dB).
+  images) with the three specs taking turns; the default precision policy (first and last
+  convolutions FP32), or ``--max-drop DB`` (the sensitivity search keeps the fewest layers FP32
+  that hold the held-out crops within DB).
 
 Printed: per set and degradation the PSNR of input, UM and each routed variant, the
-classifier's accuracy per tile and per image, the parameter overhead of the filters, and the
-INT8 drop. Exits 1 if an acceptance check fails: classifier accuracy per image < 95%, a routed
-FP32 variant not above the UM on some degradation, INT8 drop > 0.15 dB.
+classifier's accuracy per tile and per image, the parameter overhead of the filters, the
+INT8 drop and the share of the MACs the INT8 bundle runs in INT8. Exits 1 if an acceptance
+check fails: classifier accuracy per image < 95%, a routed FP32 variant not above the UM on
+some degradation, INT8 drop > 0.15 dB, INT8 share of the MACs < 75%.
 
 Usage: python benchmarks/allinone_eval.py [--weights CKPT] [--sets McMaster,Kodak24] [--images N]
-       [--q 1,3,5] [--no-int8] [--backend onnxruntime]
+       [--q 1,3,5] [--no-int8] [--max-drop DB] [--backend onnxruntime]
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from edgerestore.runtime.session import Session
 
 MIN_ACCURACY = 0.95
 MAX_INT8_DROP = 0.15
+MIN_INT8_MAC_SHARE = 0.75
 
 
 class Unified(RestorationModel):
@@ -116,9 +119,9 @@ def main() -> int:
     parser.add_argument("--q", default="1,3,5", help="Filter percentages to compare.")
     parser.add_argument("--no-int8", action="store_true", help="Skip the INT8 export and its column.")
     parser.add_argument("--calib-images", type=int, default=48)
-    parser.add_argument("--max-drop", type=float, default=0.02,
-                        help="INT8 export's PSNR budget on the held-out crops (sensitivity search; "
-                             "with the default first/last-conv policy alone the blur branch lost 0.24 dB)")
+    parser.add_argument("--max-drop", type=float, default=None,
+                        help="INT8 export's PSNR budget on the held-out crops (sensitivity search; default: the "
+                             "first/last-conv policy)")
     parser.add_argument("--backend", default="onnxruntime")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -205,6 +208,11 @@ def report(base, results: dict, variants: list[str], deployed: str, qs: list[flo
         print(f"INT8 export check on {accuracy['held_out_images']} held-out BSDS400 crops: " + ", ".join(
             f"{s['backend']} {s['precision']} {s['psnr']:.2f} dB" for s in accuracy["scores"]))
         print("FP32 layers: " + ", ".join(f"{s}:{n}" for s, n in accuracy["fp32_layers"]))
+        share = calibration["int8_mac_share"]
+        print(f"INT8 runs {share:.1%} of the MACs (limit {MIN_INT8_MAC_SHARE:.0%})")
+        if share < MIN_INT8_MAC_SHARE:
+            print(f"FAIL: INT8 share of the MACs {share:.1%} < {MIN_INT8_MAC_SHARE:.0%}")
+            ok = False
     return ok
 
 

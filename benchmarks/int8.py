@@ -1,8 +1,8 @@
 """INT8 vs FP32 latency of DnCNN at 512x512 on ONNX Runtime and OpenVINO, one run.
 
-Restores one noisy 512x512 image whole (best of --repeats after a warm-up) with the FP32
-and the INT8 stages of the same bundle on each backend, prints the times and their
-ratio, and checks the claim of ``export --int8`` on the CPU:
+Restores one noisy 512x512 image whole (best of --repeats after a warm-up, FP32 and INT8
+taking turns) with the FP32 and the INT8 stages of the same bundle on each backend, prints
+the times and their ratio, and checks the claim of ``export --int8`` on the CPU:
 
   * OpenVINO runs the Q/DQ ONNX at least twice as fast: time(int8)/time(fp32) <= 0.5
 
@@ -50,20 +50,24 @@ def test_image() -> np.ndarray:
     return degrade.parse("gaussian:25").apply(clean).astype(np.float32)
 
 
-def best_time(session: Session, image: np.ndarray, repeats: int) -> float:
-    session.restore(image)  # warm-up: first calls allocate and compile
-    best = float("inf")
+def best_times(sessions: dict[str, Session], image: np.ndarray, repeats: int) -> dict[str, float]:
+    """Best time of each session over ``repeats`` rounds; every round runs each session once, so
+    FP32 and INT8 see the same machine (a background job or a clock change slows both)."""
+    for session in sessions.values():
+        session.restore(image)  # warm-up: first calls allocate and compile
+    best = dict.fromkeys(sessions, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        session.restore(image)
-        best = min(best, time.perf_counter() - start)
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.restore(image)
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, help="DnCNN bundle with int8 stages (default: export one)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
     bundle = args.bundle or default_bundle()
@@ -73,9 +77,12 @@ def main() -> int:
         if backend not in backends.available():
             print(f"{backend}: not installed")
             continue
-        for precision in ("fp32", "int8"):
-            rows[backend, precision] = best_time(Session(bundle, backend=backend, precision=precision, whole=True),
-                                                 image, args.repeats)
+        sessions = {precision: Session(bundle, backend=backend, precision=precision, whole=True)
+                    for precision in ("fp32", "int8")}
+        for precision, seconds in best_times(sessions, image, args.repeats).items():
+            rows[backend, precision] = seconds
+        for session in sessions.values():
+            session.close()
 
     print(f"DnCNN {image.shape[1]}x{image.shape[0]} whole image, best of {args.repeats}, bundle {bundle}")
     print(f"{'backend':<12} {'FP32 s':>8} {'INT8 s':>8} {'INT8/FP32':>9}")

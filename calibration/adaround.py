@@ -34,6 +34,7 @@ import onnx
 from onnx import numpy_helper
 
 from .bias_correction import Feeds, session_with_outputs
+from .quantize import SIGNED_LEVELS, UNSIGNED_LEVELS, nonnegative_tensors
 
 # Rectified sigmoid stretch (the paper's zeta, gamma) and regulariser schedule.
 ZETA, GAMMA = 1.1, -0.1
@@ -97,14 +98,17 @@ def grid_scale(weight: np.ndarray, qmax: int) -> np.ndarray:
 
 
 def round_stage(fp32: Path, feeds: list[Feeds], amax: dict[str, float], qmax: int,
-                progress: Callable[[str, int, int], None] = lambda *_: None, seed: int = 0) -> StageRounding:
-    """Fits every eligible convolution of the stage file ``fp32``; ``seed`` picks the patches."""
+                progress: Callable[[str, int, int], None] = lambda *_: None, seed: int = 0,
+                unsigned: bool = True) -> StageRounding:
+    """Fits every eligible convolution of the stage file ``fp32``; ``seed`` picks the patches;
+    ``unsigned``: non-negative inputs are quantized on the UINT8 grid (calibration/quantize.py)."""
     model = onnx.load(str(fp32))
     nodes = eligible(model, amax)
     if not nodes or not feeds:
         return StageRounding({}, [])
     progress("AdaRound: caching layer inputs", 0, len(nodes))
-    grams = _cache(model, nodes, feeds, amax, np.random.default_rng(seed))
+    nonnegative = nonnegative_tensors(model) if unsigned else set()
+    grams = _cache(model, nodes, feeds, amax, nonnegative, np.random.default_rng(seed))
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     weights, layers = {}, []
     for i, node in enumerate(nodes):
@@ -135,7 +139,13 @@ class _Grams:
             target[2] += b.T @ b
 
 
-def _cache(model, nodes, feeds, amax, rng) -> dict[str, _Grams]:
+def input_grid(amax: float, unsigned: bool) -> tuple[np.float32, int, int]:
+    """(step, lowest integer, highest integer) of a layer input's Q/DQ grid."""
+    levels = UNSIGNED_LEVELS if unsigned else SIGNED_LEVELS
+    return np.float32(amax / levels), (0 if unsigned else -levels), levels
+
+
+def _cache(model, nodes, feeds, amax, nonnegative, rng) -> dict[str, _Grams]:
     inputs = list(dict.fromkeys(node.input[0] for node in nodes))
     session = session_with_outputs(model, inputs)
     rows = sum(len(next(iter(batch.values()))) for batch in feeds)
@@ -149,8 +159,8 @@ def _cache(model, nodes, feeds, amax, rng) -> dict[str, _Grams]:
             values = dict(zip(inputs, session.run(inputs, chunk)))
             for node in nodes:
                 sample = _patches(values[node.input[0]], node, shapes[node.input[1]][2:], per_row, rng)
-                step = np.float32(amax[node.input[0]] / 127)
-                quantized = np.clip(np.round(sample / step), -127, 127).astype(np.float32) * step
+                step, low, high = input_grid(amax[node.input[0]], node.input[0] in nonnegative)
+                quantized = np.clip(np.round(sample / step), low, high).astype(np.float32) * step
                 held = rng.random(len(sample)) < 0.25
                 grams.setdefault(node.name, _Grams(sample.shape[1])).add(sample, quantized, held)
     return grams

@@ -30,7 +30,7 @@ from .capture import Capture, capture, is_routed
 from .equalize import DEFAULT_ALPHA, Equalization, equalize_stage
 from .macs import int8_mac_share
 from .policy import Layer, SearchResult, all_layers, default_fp32_layers, layer_weights, sensitivity_search
-from .quantize import DEFAULT_WEIGHT_BITS, QMAX_OF_BITS, WEIGHT_BITS, quantize_stage
+from .quantize import DEFAULT_WEIGHT_BITS, QMAX_OF_BITS, WEIGHT_BITS, quantize_stage, unsigned_activations
 from .scales import check_method
 from .sources import FolderSplit, Sample
 
@@ -57,6 +57,8 @@ class Int8Options:
     equalize_alpha: float = DEFAULT_ALPHA  # its weight of activation ranges against weight ranges
     weight_bits: int = DEFAULT_WEIGHT_BITS  # 7: no 16-bit saturation on AVX2 CPUs (calibration/quantize.py)
     adaround: bool = True  # learned weight rounding of the INT8 convolutions (calibration/adaround.py)
+    # non-negative activations on UINT8 (ONNX Runtime, OpenVINO); False: signed INT8, as TensorRT runs them
+    unsigned_activations: bool = True
     # deployment backends whose FP32/INT8 the report adds beside the Q/DQ reference (None: all installed)
     report_backends: tuple[str, ...] | None = None
 
@@ -97,6 +99,7 @@ class Int8Report:
     int8_mac_share: float = 1.0  # of every compute layer's MACs, what the INT8 layers carry (.macs)
     weight_bits: int = DEFAULT_WEIGHT_BITS
     adaround: dict[str, StageRounding] = field(default_factory=dict)  # stage -> learned rounding
+    unsigned_tensors: int = 0  # activations quantized on UINT8 (non-negative), over all stages
 
     def adaround_summary(self) -> tuple[int, int, float] | None:
         """(layers using the learned rounding, layers fitted, mean held-out MSE ratio learned /
@@ -121,6 +124,7 @@ class Int8Report:
             "search": None if self.search is None else self.search.to_json(), "seconds": self.seconds,
             "int8_mac_share": self.int8_mac_share, "weight_bits": self.weight_bits,
             "adaround": {stage: rounding.to_json() for stage, rounding in self.adaround.items()},
+            "unsigned_tensors": self.unsigned_tensors,
         }
 
 
@@ -158,7 +162,7 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
         shipped_feeds = other_feeds = {}
 
     writer = _StageWriter(root, bundle, progress, options.weight_bits,
-                          {stage: r.weights for stage, r in rounding.items()})
+                          {stage: r.weights for stage, r in rounding.items()}, options.unsigned_activations)
     layers = all_layers(bundle)
     search = None
     fp32_score = score(writer.bundle(), held, "fp32") if held else None
@@ -186,14 +190,16 @@ def add_int8(root: Path, options: Int8Options, progress: Progress = lambda *_: N
         if other is not None:
             writer.write(other, set(fp32_layers), other_feeds)
             report.alternative = score(writer.bundle(), held, "int8", branches_of=fp32_score)
-    scales = writer.write(shipped, set(fp32_layers), shipped_feeds)
+    quantized = writer.write(shipped, set(fp32_layers), shipped_feeds)
     if held:
         report.scores = _score_table(writer.bundle(), held, fp32_score, options.report_backends)
         report.routing_agreement = routing_agreement(report.scores[0], report.scores[1])
-    caches, effective = _write_caches(root, report.trt_header, shipped, scales)
+    caches, effective = _write_caches(root, report.trt_header, shipped, quantized)
+    unsigned = {stage: unsigned_activations(root / f"{stage}.int8.onnx") for stage in quantized}
+    report.unsigned_tensors = sum(map(len, unsigned.values()))
     report.seconds = time.perf_counter() - start
     _write_calibration_json(root, options, report, shipped, amax_aware, amax_agnostic, effective, caches,
-                            fallback, aware, agnostic, fp32_layers, writer.shifts, equalization)
+                            fallback, aware, agnostic, fp32_layers, writer.shifts, equalization, unsigned)
     return write_manifest(root, writer.manifest(caches, final=True)), report
 
 
@@ -202,7 +208,8 @@ def _adaround(bundle: Bundle, amax: dict[str, dict[str, float]], feeds: dict[str
     """Learned rounding per stage, fitted once on the calibration tiles the shipped ranges
     came from; every later write (search candidates, the final bundle) reuses it."""
     qmax = QMAX_OF_BITS[options.weight_bits]
-    return {stage: round_stage(bundle.stage_path(stage, "fp32"), feeds[stage], amax[stage], qmax, progress)
+    return {stage: round_stage(bundle.stage_path(stage, "fp32"), feeds[stage], amax[stage], qmax, progress,
+                               unsigned=options.unsigned_activations)
             for stage in bundle.stages if feeds.get(stage)}
 
 
@@ -258,13 +265,14 @@ class _StageWriter:
     stage with feeds (its input batches) is bias-corrected after quantization."""
 
     def __init__(self, root: Path, bundle: Bundle, progress: Progress = lambda *_: None,
-                 weight_bits: int = DEFAULT_WEIGHT_BITS, rounded: dict[str, dict[str, Any]] | None = None):
-        self.root, self.stages, self.weight_bits = root, list(bundle.stages), weight_bits
+                 weight_bits: int = DEFAULT_WEIGHT_BITS, rounded: dict[str, dict[str, Any]] | None = None,
+                 unsigned: bool = True):
+        self.root, self.stages, self.weight_bits, self.unsigned = root, list(bundle.stages), weight_bits, unsigned
         self.rounded = rounded or {}  # stage -> node -> weights on the grid (AdaRound)
         self.fp32 = {stage: bundle.stage_path(stage, "fp32") for stage in self.stages}
         self.base = bundle.spec
         self.written: dict[str, tuple[str, frozenset]] = {}
-        self.scales: dict[str, dict[str, float]] = {}
+        self.amax: dict[str, dict[str, float]] = {}  # stage -> tensor -> amax its Q/DQ pair uses
         self.progress = progress
         self.shifts: dict[str, dict[str, list[float]]] = {}  # stage -> conv output -> bias shift removed
 
@@ -276,13 +284,13 @@ class _StageWriter:
             key = (json.dumps(amax[stage], sort_keys=True), nodes, bool(feeds.get(stage)))
             if self.written.get(stage) != key:
                 path = self.root / f"{stage}.int8.onnx"
-                self.scales[stage] = quantize_stage(self.fp32[stage], path, amax[stage], sorted(nodes),
-                                                    self.weight_bits, self.rounded.get(stage))
+                self.amax[stage] = quantize_stage(self.fp32[stage], path, amax[stage], sorted(nodes),
+                                                  self.weight_bits, self.rounded.get(stage), self.unsigned)
                 self.shifts[stage] = (correct_biases(self.fp32[stage], path, feeds[stage], self.progress)
                                       if feeds.get(stage) else {})
                 self.written[stage] = key
         write_manifest(self.root, self.manifest({}, final=False))
-        return dict(self.scales)
+        return dict(self.amax)
 
     def bundle(self) -> Bundle:
         return Bundle(self.root)
@@ -312,15 +320,16 @@ def _score_table(bundle: Bundle, held: list[Sample], fp32: Score, report_backend
 
 
 def _write_caches(root: Path, head: str, calibrated: dict[str, dict[str, float]],
-                  scales: dict[str, dict[str, float]]) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
-    """One cache per stage with the scales the Q/DQ graph uses; returns the cache paths and
-    the effective amax (scale * 127) per quantized tensor. ONNX Runtime gives a Conv output
+                  quantized: dict[str, dict[str, float]]) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
+    """One cache per stage with the ranges the Q/DQ graph uses; returns the cache paths and
+    the effective amax per quantized tensor (TensorRT's scale is amax / 127, signed, whatever
+    grid ONNX Runtime and OpenVINO use for it). ONNX Runtime gives a Conv output
     that only a ReLU reads the ReLU's range (negatives die there anyway), so a tensor's
     effective amax is the calibrated amax of itself or of the activation it shares with."""
     (root / "calib").mkdir(exist_ok=True)
     caches, effective = {}, {}
-    for stage, quantized in scales.items():
-        values = {tensor: scale * trt_cache.QMAX for tensor, scale in quantized.items()}
+    for stage, ranges in quantized.items():
+        values = dict(ranges)
         known = list(calibrated[stage].values())
         for tensor, value in values.items():
             if not any(abs(value - v) <= 1e-6 * v for v in known):
@@ -332,7 +341,7 @@ def _write_caches(root: Path, head: str, calibrated: dict[str, dict[str, float]]
 
 
 def _write_calibration_json(root, options, report, shipped, amax_aware, amax_agnostic, effective, caches,
-                            fallback, aware, agnostic, fp32_layers, shifts, equalization) -> None:
+                            fallback, aware, agnostic, fp32_layers, shifts, equalization, unsigned) -> None:
     data = options.data
     stages = {}
     for stage in effective:
@@ -343,6 +352,8 @@ def _write_calibration_json(root, options, report, shipped, amax_aware, amax_agn
             # amax of each tensor the Q/DQ graph and the cache quantize (cache scale = amax / 127)
             "amax": effective[stage],
             "quantized": sorted(effective[stage]),
+            # the quantized tensors on UINT8 (zero point 0, amax / 255); the others on INT8 (amax / 127)
+            "unsigned": unsigned[stage],
             # what the calibrator measured, per tensor it observed
             "calibrated_amax": shipped[stage],
             "fp32_nodes": [node for s, node in fp32_layers if s == stage],
@@ -359,6 +370,7 @@ def _write_calibration_json(root, options, report, shipped, amax_aware, amax_agn
     document = {
         "method": options.method,
         "weight_bits": options.weight_bits,
+        "activations": "unsigned" if options.unsigned_activations else "signed",
         "trt_version": ".".join(map(str, options.trt)), "trt_header": report.trt_header,
         "source": None if data is None else {
             "folder": str(data.folder), "degrade": data.degrade_spec, "gt": None if data.gt is None else str(data.gt),

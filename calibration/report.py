@@ -21,6 +21,10 @@ def render(report: Int8Report) -> str:
         used, fitted, ratio = adaround
         lines.append(f"AdaRound: learned rounding used for {used} of {fitted} convolutions "
                      f"(held-out output error {ratio:.0%} of nearest rounding's)")
+    if report.unsigned_tensors:
+        lines.append(f"activations: {report.unsigned_tensors} non-negative tensors on unsigned 8 bits (256 levels; "
+                     "ONNX Runtime, OpenVINO); TensorRT runs them as signed INT8 (128 levels): to validate a bundle "
+                     "as TensorRT computes it, export with --signed-activations")
     lines.append("TensorRT builds the Q/DQ graph (explicit INT8, 8.5 to 11); DLA below TensorRT 11 builds implicit "
                  "INT8 from the FP32 graph and the caches: without the learned rounding and bias correction")
     if report.int8_mac_share < WARN_SHARE:

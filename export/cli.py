@@ -56,11 +56,17 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")  # edgerestore.
 @click.option("--adaround/--no-adaround", default=True, show_default=True,
               help="--int8: learn each INT8 convolution's weight rounding (up or down per weight) to minimise its "
                    "output error on the calibration tiles (AdaRound), instead of rounding to nearest.")
+@click.option("--unsigned-activations/--signed-activations", "unsigned_activations", default=True,
+              show_default=True,
+              help="--int8: activations that cannot be negative (ReLU outputs) on unsigned 8 bits, 256 levels over "
+                   "their range, as ONNX Runtime and OpenVINO run them. TensorRT has signed INT8 only and builds "
+                   "them on 128 levels; --signed-activations validates a bundle exactly as TensorRT computes it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export_command(model: str, weights: Path | None, output: Path, int8: bool, calib_dir: Path | None,
                    calib_degrade: str | None, calib_gt: Path | None, calib_images: int, calib_crop: int, holdout: int,
                    method: str | None, max_drop: float | None, trt_version: str, route_agnostic: bool,
-                   bias_correction: bool, equalize: bool, weight_bits: str, adaround: bool, as_json: bool) -> None:
+                   bias_correction: bool, equalize: bool, weight_bits: str, adaround: bool, unsigned_activations: bool,
+                   as_json: bool) -> None:
     """Export MODEL to a bundle: one ONNX file per stage plus manifest.json.
 
     Every stage is checked against PyTorch after export (max abs error and PSNR
@@ -87,7 +93,8 @@ def export_command(model: str, weights: Path | None, output: Path, int8: bool, c
         int8_options = Int8Options(split, method=DEFAULT_METHOD if method is None else method, max_drop=max_drop,
                                    trt_version=trt_version, route_agnostic=route_agnostic,
                                    bias_correction=bias_correction, equalize=equalize,
-                                   weight_bits=int(weight_bits), adaround=adaround)
+                                   weight_bits=int(weight_bits), adaround=adaround,
+                                   unsigned_activations=unsigned_activations)
     elif any(v is not None for v in (calib_dir, calib_degrade, calib_gt, method, max_drop)) or route_agnostic:
         raise EdgeRestoreError("--calib, --calib-degrade, --calib-gt, --method, --max-drop and --route-agnostic "
                                "only apply with --int8")

@@ -182,7 +182,15 @@ def fake_tensorrt(version: str, cuda: FakeCuda | None = None, dla_cores: int = 0
             if major < 10 and not self.network.flags & (1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)):
                 self.errors.append(ParserError("Network must have explicit batch dimension", -1))
                 return False
-            nodes = onnx.load_from_string(bytes(model)).graph.node
+            graph = onnx.load_from_string(bytes(model)).graph
+            nodes = graph.node
+            # TensorRT's Q/DQ quantize to signed types only (INT8, FP8, INT4): a UINT8 zero point is refused
+            unsigned = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.UINT8}
+            refused = [i for i, n in enumerate(nodes)
+                       if n.op_type in ("QuantizeLinear", "DequantizeLinear") and set(n.input[2:3]) & unsigned]
+            if refused:
+                self.errors += [ParserError("Unsupported quantization output type UINT8", i) for i in refused]
+                return False
             plugins = [(i, plugin_ops[n.op_type]) for i, n in enumerate(nodes) if n.op_type in plugin_ops]
             if plugins and not trt.plugin_registrations:
                 self.errors += [ParserError(f"getPluginCreator could not find plugin: {name} version: 1", i)

@@ -10,7 +10,8 @@ import torch
 from onnx import numpy_helper
 
 from edgerestore.calibration.bias_correction import channel_means, correct_biases, fp32_name, session_with_outputs
-from edgerestore.calibration.quantize import activation_scales, compute_nodes, quantize_stage
+from edgerestore.calibration.quantize import (SIGNED_LEVELS, UNSIGNED_LEVELS, activation_amax, compute_nodes,
+                                              quantize_stage, unsigned_activations)
 
 
 class ConvChain(torch.nn.Module):
@@ -79,7 +80,9 @@ def test_correction_removes_the_mean_shift_of_every_convolution(chain, keep_last
     after = mean_error(path, qdq, feeds)
     assert set(shifts) == set(before)  # every convolution, INT8 or kept in FP32
     assert max(before.values()) > 1e-3  # the coarse ranges did shift the means
-    output_step = activation_scales(onnx.load(str(qdq))).get("y")  # None: y left in FP32
+    output_amax = activation_amax(onnx.load(str(qdq))).get("y")  # None: y left in FP32
+    levels = UNSIGNED_LEVELS if "y" in unsigned_activations(qdq) else SIGNED_LEVELS
+    output_step = None if output_amax is None else output_amax / levels
     for name in before:
         # Float32 rounding of a mean over 6912 values of magnitude <= 1 per channel: < 1e-6.
         bound = 1e-6

@@ -126,10 +126,15 @@ def test_every_cache_matches_calibration_json_and_the_qdq_graph(int8_export):
         q = {n.input[0]: float(constants[n.input[1]]) for n in graph.node
              if n.op_type == "QuantizeLinear" and n.input[0] not in constants}
         assert sorted(q) == sorted(entries)
+        # DnCNN with its first conv FP32: every quantized tensor is a ReLU output or read only by a ReLU
+        assert stage["unsigned"] == sorted(entries)
         for tensor, scale in q.items():
-            assert scale == pytest.approx(trt_cache.read(cache)[1][tensor], rel=1e-7)
             zero = next(n.input[2] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
-            assert constants[zero].dtype == np.int8 and int(constants[zero]) == 0  # symmetric
+            # symmetric; the non-negative tensors on UINT8 over the same range (255 steps instead of 127)
+            unsigned = tensor in stage["unsigned"]
+            assert constants[zero].dtype == (np.uint8 if unsigned else np.int8) and int(constants[zero]) == 0
+            levels = 255 if unsigned else 127
+            assert scale * levels == pytest.approx(trt_cache.read(cache)[1][tensor] * 127, rel=1e-6)
 
 
 def test_first_and_last_conv_stay_fp32_with_per_channel_weights(int8_export):
@@ -265,3 +270,27 @@ def test_weight_grid_is_the_one_asked_for(tiny_weights, calib_dir, tmp_path, bit
     assert grids and all(np.abs(g).reshape(len(g), -1).max(1).tolist() == [top] * len(g) for g in grids)
     assert report.weight_bits == bits
     assert json.loads((tmp_path / "b" / "calibration.json").read_text())["weight_bits"] == bits
+
+
+def test_signed_activations_validate_what_tensorrt_computes(tiny_weights, calib_dir, int8_export, tmp_path):
+    """`--signed-activations` (the installed CLI, a fresh process) writes every activation on
+    INT8: the graph TensorRT's build makes of the default bundle (runtime/tensorrt/signed.py),
+    with the same ranges; the default bundle's report says TensorRT runs it so."""
+    from test_installed_cli import edgerestore
+
+    from edgerestore.runtime.tensorrt.signed import to_signed_int8
+
+    out = tmp_path / "signed"
+    result = edgerestore("export", "dncnn", "--weights", tiny_weights, "--int8", "--calib", calib_dir,
+                         "--calib-degrade", "gaussian:25", "--calib-crop", "64", "--calib-images", "4", "--holdout",
+                         "2", "--trt-version", "8.5", "--method", "percentile", "--signed-activations", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "unsigned 8 bits" not in result.stdout
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["activations"] == "signed" and calibration["stages"]["main"]["unsigned"] == []
+    signed = onnx.load(str(out / "main.int8.onnx"))
+    assert to_signed_int8(signed) == (signed, 0)  # nothing left for TensorRT's build to convert
+    default = json.loads((int8_export[0] / "calibration.json").read_text())
+    assert default["activations"] == "unsigned" and default["int8_mac_share"] == calibration["int8_mac_share"]
+    # the same calibration ranges, whichever grid they are written on
+    assert default["stages"]["main"]["amax"] == pytest.approx(calibration["stages"]["main"]["amax"], rel=1e-6)

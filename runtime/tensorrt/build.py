@@ -12,6 +12,7 @@ TensorRT 8.5 on (8.x needs the EXPLICIT_BATCH network flag, which 10 ignores and
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from .calibrator import load_cache, make_calibrator
 from .check import ERROR, check_model, load_graph
 from .engines import TIMING_CACHE, EngineInfo, Target, engine_dir, engine_path, write_info
 from .fp16 import cast_to_fp16
+from .signed import to_signed_int8
 from .policy import STRONG_TYPING, StagePlan, Version, parse_version, plan_stage
 from .profiles import graph_inputs, stage_profile
 
@@ -73,7 +75,7 @@ def build_engines(bundle: Bundle, precision: str, dla_core: int | None = None, m
         raise EdgeRestoreError(f"TensorRT {trt.__version__} is older than 8.5, the oldest release edgerestore builds for")
     plans = [plan_stage(bundle, stage, precision, version, dla_core) for stage in bundle.stages]
     pin = tile if tile is not None else bundle.tiling.get("tile")
-    graphs = checked_graphs(bundle, plans, pin, dla_core is not None, version)
+    plans, graphs = checked_graphs(bundle, plans, pin, dla_core is not None, version)
     target = current_target(trt)
     logger = tensorrt_logger(trt)  # registers the plugins before anything is parsed
     builder = trt.Builder(logger)
@@ -107,18 +109,27 @@ def build_engines(bundle: Bundle, precision: str, dla_core: int | None = None, m
     return built
 
 
-def checked_graphs(bundle: Bundle, plans: list[StagePlan], pin: int | None, dla: bool, version: Version) -> dict:
-    """Stage -> the graph each plan builds from (cast to FP16 where the plan says so), after
-    the TensorRT check of exactly those graphs; its first error stops the build."""
+def checked_graphs(bundle: Bundle, plans: list[StagePlan], pin: int | None, dla: bool,
+                   version: Version) -> tuple[list[StagePlan], dict]:
+    """The plans and, per stage, the graph each builds from (cast to FP16 where the plan says
+    so; a Q/DQ graph with unsigned activations made signed, :mod:`.signed`, its plan then
+    saying ``cast="signed"``), after the TensorRT check of exactly those graphs; its first
+    error stops the build."""
     graphs = {plan.stage: load_graph(bundle.stage_path(plan.stage, plan.source)) for plan in plans}
     graphs.update({plan.stage: cast_to_fp16(graphs[plan.stage], plan.stage) for plan in plans if plan.cast == "fp16"})
-    errors = [f for plan in plans for f in check_model(graphs[plan.stage], plan.stage, plan.cast or plan.source, pin,
+    final = []
+    for plan in plans:
+        if plan.source == "int8" and plan.quantization == "explicit":
+            graphs[plan.stage], changed = to_signed_int8(graphs[plan.stage])
+            plan = replace(plan, cast="signed") if changed else plan
+        final.append(plan)
+    errors = [f for plan in final for f in check_model(graphs[plan.stage], plan.stage, plan.cast or plan.source, pin,
                                                        dla, (version,))
               if f.severity == ERROR]
     if errors:
         raise EdgeRestoreError(f"bundle '{bundle.root}' fails the TensorRT check ({len(errors)} errors; "
                                f"`edgerestore check` lists them), first: {errors[0].line()}")
-    return graphs
+    return final, graphs
 
 
 class _TimingCache:

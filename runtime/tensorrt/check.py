@@ -51,6 +51,7 @@ from ..bundle import Bundle
 from ..errors import EdgeRestoreError
 from . import ops
 from .releases import TRT_RELEASES
+from .signed import to_signed_int8
 
 ERROR, WARNING, NOTE = "error", "warning", "note"
 Version = tuple[int, int, int]
@@ -83,7 +84,13 @@ def check_bundle(bundle: Bundle, dla: bool = False, tile: int | None = None,
     for stage, info in bundle.stages.items():
         for precision in sorted(info.files):
             path = bundle.stage_path(stage, precision)  # also verifies the checksum
-            findings += check_model(load_graph(path), stage, precision, pin, dla, versions)
+            graph, unsigned = to_signed_int8(load_graph(path))  # what TensorRT's build parses (.signed)
+            if unsigned:
+                findings.append(Finding(NOTE, stage, precision, "graph",
+                                        f"{unsigned} Q/DQ pairs on non-negative activations are unsigned (256 levels "
+                                        "on ONNX Runtime and OpenVINO); TensorRT builds them as signed INT8 over the "
+                                        "same range (128 levels)"))
+            findings += check_model(graph, stage, precision, pin, dla, versions)
     return findings
 
 

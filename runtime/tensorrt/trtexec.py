@@ -12,12 +12,19 @@ Flags, as trtexec 8.5 to 10 spell them: ``--onnx``, ``--minShapes``/``--optShape
 ``--useDLACore`` with ``--allowGPUFallback``, ``--stronglyTyped`` (10.x, typed networks),
 ``--memPoolSize=workspace:<MiB>``, ``--saveEngine``. Engines built so run with TensorRT's own
 runtime; edgerestore's TensorRT backend loads only the engines ``build --tensorrt`` writes.
+
+An INT8 graph with unsigned activations (``export --int8``'s default) is not what TensorRT
+parses: its signed form (:mod:`.signed`) is written to ``BUNDLE/tensorrt-signed/<stage>.int8.onnx``
+and the command reads that file.
 """
 
 from __future__ import annotations
 
 import shlex
 
+import onnx
+
+from ..atomic import atomic_file
 from ..bundle import Bundle
 from ..errors import EdgeRestoreError
 from .build import MIN_VERSION, checked_graphs
@@ -25,6 +32,9 @@ from .calibrator import load_cache
 from .engines import variant
 from .policy import Version, plan_stage
 from .profiles import graph_inputs, stage_profile
+
+# where `build --trtexec` writes the signed-INT8 form of a Q/DQ graph with unsigned activations (.signed)
+SIGNED_FOLDER = "tensorrt-signed"
 
 
 def _shapes(profile) -> list[str]:
@@ -49,11 +59,16 @@ def trtexec_commands(bundle: Bundle, precision: str, version: Version, dla_core:
         raise EdgeRestoreError(f"TensorRT {named} builds FP16 only from an FP16 graph, which this bundle does not "
                                "hold: run `edgerestore build --tensorrt --precision fp16` on that machine (it casts "
                                "one)")
-    checked_graphs(bundle, plans, pin, dla_core is not None, version)
+    plans, graphs = checked_graphs(bundle, plans, pin, dla_core is not None, version)
     lines = []
     for plan in plans:
         stage = plan.stage
         source = bundle.stage_path(stage, plan.source)
+        if plan.cast == "signed":  # trtexec reads files: the signed form TensorRT parses goes beside the bundle's
+            source = bundle.root / SIGNED_FOLDER / f"{stage}.int8.onnx"
+            source.parent.mkdir(exist_ok=True)
+            with atomic_file(source) as tmp:
+                onnx.save(graphs[stage], str(tmp))
         profile = stage_profile(stage, graph_inputs(source), pin, max_batch, fixed_batch=dla_core is not None)
         args = ["trtexec", f"--onnx={source}", *_shapes(profile)]
         if plan.strongly_typed:
