@@ -106,12 +106,12 @@ def main() -> int:
                   f"{mean_out - mean_in:>+6.2f}")
 
     print("\nINT8 (percentile calibration), held-out crops as `export --int8` reports them:")
-    print(f"{'model':<12} {'calibration':<28} {'FP32 PSNR':>9} {'INT8 PSNR':>9} {'drop':>6}")
+    print(f"{'model':<12} {'calibration':<28} {'FP32 PSNR':>9} {'INT8 PSNR':>9} {'drop':>6} {'INT8 MACs':>9}")
     for name, (report, _) in reports.items():
         folder, spec = CALIBRATION[name]
         fp32, int8 = report.int8.scores[:2]
         print(f"{name:<12} {folder.name + ' ' + spec:<28} {fp32.psnr:>9.2f} {int8.psnr:>9.2f} "
-              f"{fp32.psnr - int8.psnr:>6.2f}")
+              f"{fp32.psnr - int8.psnr:>6.2f} {report.int8.int8_mac_share:>9.1%}")
     fp32, int8 = set12_drop(root / "memnet", args.backend)
     print(f"memnet on Set12, gaussian:25: FP32 {fp32:.2f} dB, INT8 {int8:.2f} dB, drop {fp32 - int8:.2f} dB")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import SHARED
+from _common import SHARED, int8_share_line
 from edgerestore.runtime import backends, degrade, imageio
 from edgerestore.runtime.session import Session
 
@@ -85,6 +85,7 @@ def main() -> int:
             session.close()
 
     print(f"DnCNN {image.shape[1]}x{image.shape[0]} whole image, best of {args.repeats}, bundle {bundle}")
+    print(int8_share_line(bundle))
     print(f"{'backend':<12} {'FP32 s':>8} {'INT8 s':>8} {'INT8/FP32':>9}")
     for backend in ("onnxruntime", "openvino"):
         if (backend, "fp32") in rows:

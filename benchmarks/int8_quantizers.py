@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import SHARED
+from _common import SHARED, int8_share_line
 from edgerestore.calibration import FolderSplit, Int8Options, add_int8
 from edgerestore.calibration.policy import default_fp32_layers
 from edgerestore.export import export_bundle
@@ -109,6 +109,7 @@ def main() -> int:
     fp32_time = {b: latency(base, b, "fp32", image, args.repeats) for b in BACKENDS}
     print(f"DnCNN-S sigma=25 (KAIR), Set12 gaussian:25, FP32 {fp32:.4f} dB ({scored}); 512x512 FP32 latency: "
           + ", ".join(f"{b} {fp32_time[b]:.3f} s" for b in BACKENDS))
+    print(int8_share_line(variants[0][1]) + "; every row keeps the same layers FP32")
     print(f"{'quantizer':<42} {'calib s':>7} {'INT8 dB':>8} {'drop':>6} "
           + " ".join(f"{b + ' int8/fp32':>22}" for b in BACKENDS))
     for name, bundle, seconds in variants:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import int8_share_line
+
 DEFAULT_BUDGET = 1024
 DEFAULT_LIMIT_MB = 1.5 * 1024
 SLACK_MB = 500  # the process itself: interpreter, backend libraries, the model's stages
@@ -91,6 +93,8 @@ def main() -> int:
             rows.append((size, budget, backend, precision, policy, peak, limit, seconds, "PASS" if passed else
                          ("FAIL" if status == 0 else f"exit {status}: {err.strip().splitlines()[-1] if err else ''}")))
             print(" ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+    if "int8" in args.precisions.split(","):
+        print(int8_share_line(Path(args.bundle)))
     print("| image | budget MB | backend | precision | policy | peak RSS MB | limit MB | seconds | |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for size, budget, backend, precision, policy, peak, limit, seconds, verdict in rows:

@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from _common import SHARED
+from _common import SHARED, int8_share_line
 from edgerestore.runtime import degrade, imageio, metrics
 
 SPECS = "gaussian:15,gaussian:25,gaussian:50,gaussian-peaks:5-50"
@@ -187,6 +187,7 @@ def main() -> int:
     print(f"CPU: {_cpu()}; OpenCV {cv2.__version__} threads {cv2.getNumThreads()}")
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle or export(Path(tmp) / "rtdenoise")
+        print(int8_share_line(bundle))
         sessions = {f"rtdenoise {b} {p}": edgerestore.load(bundle, backend=b, precision=p) for b, p in RUNS}
         warm = next(frames_of(*KEY))[2]
         for session in sessions.values():

@@ -25,8 +25,11 @@ import multiprocessing
 import resource
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+from _common import int8_share_line
 
 REFERENCE_STAGE = "block0.shared"
 REFERENCE_BATCH = 128
@@ -99,6 +102,8 @@ def main() -> int:
     if REFERENCE_STAGE not in bundle.stages:
         parser.error(f"bundle has no stage '{REFERENCE_STAGE}'")
     precisions = args.precisions.split(",") if args.precisions else list(reversed(bundle.precisions))
+    if "int8" in precisions:
+        print(int8_share_line(Path(args.bundle)))
     size = parse_size(args.size)
     context = multiprocessing.get_context("spawn")
     rows = []
